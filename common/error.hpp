@@ -29,20 +29,34 @@ enum class ErrorCode : std::uint8_t {
 
 [[nodiscard]] constexpr std::string_view to_string(ErrorCode code) noexcept {
     switch (code) {
-        case ErrorCode::ok: return "ok";
-        case ErrorCode::forbidden_global: return "forbidden_global";
-        case ErrorCode::malformed: return "malformed";
-        case ErrorCode::unsupported: return "unsupported";
-        case ErrorCode::too_large: return "too_large";
-        case ErrorCode::timeout: return "timeout";
-        case ErrorCode::sandbox_violation: return "sandbox_violation";
-        case ErrorCode::worker_crashed: return "worker_crashed";
-        case ErrorCode::resource_exceeded: return "resource_exceeded";
-        case ErrorCode::busy: return "busy";
-        case ErrorCode::denied: return "denied";
-        case ErrorCode::io_error: return "io_error";
-        case ErrorCode::invalid_request: return "invalid_request";
-        case ErrorCode::internal: return "internal";
+        case ErrorCode::ok:
+            return "ok";
+        case ErrorCode::forbidden_global:
+            return "forbidden_global";
+        case ErrorCode::malformed:
+            return "malformed";
+        case ErrorCode::unsupported:
+            return "unsupported";
+        case ErrorCode::too_large:
+            return "too_large";
+        case ErrorCode::timeout:
+            return "timeout";
+        case ErrorCode::sandbox_violation:
+            return "sandbox_violation";
+        case ErrorCode::worker_crashed:
+            return "worker_crashed";
+        case ErrorCode::resource_exceeded:
+            return "resource_exceeded";
+        case ErrorCode::busy:
+            return "busy";
+        case ErrorCode::denied:
+            return "denied";
+        case ErrorCode::io_error:
+            return "io_error";
+        case ErrorCode::invalid_request:
+            return "invalid_request";
+        case ErrorCode::internal:
+            return "internal";
     }
     return "internal";
 }
@@ -60,11 +74,11 @@ enum class ErrorCode : std::uint8_t {
 // is the user-facing message (never containing attacker-controlled objects'
 // representations, only names and numbers we validated).
 class Error : public std::runtime_error {
-public:
+  public:
     Error(ErrorCode code, const std::string& message) : std::runtime_error(message), code_(code) {}
     [[nodiscard]] ErrorCode code() const noexcept { return code_; }
 
-private:
+  private:
     ErrorCode code_;
 };
 

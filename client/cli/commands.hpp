@@ -1,0 +1,28 @@
+// The `picklejail` command line: one function per subcommand.
+#pragma once
+
+#include <string>
+
+namespace picklejail::cli {
+
+struct CommonOptions {
+    std::string policy = "weights";  // name in the policy dir, or a .json path
+    std::string policy_dir;          // empty: sandbox::default_policy_dir()
+    std::string limits_file;         // optional JSON overrides of loader limits
+};
+
+struct ConvertOptions {
+    std::string input;
+    std::string output;  // empty: input with its extension replaced by .safetensors
+};
+
+struct InspectOptions {
+    std::string input;
+    bool json = false;
+};
+
+// Each returns the process exit status; failures print one line on stderr.
+[[nodiscard]] int run_convert(const CommonOptions& common, const ConvertOptions& options);
+[[nodiscard]] int run_inspect(const CommonOptions& common, const InspectOptions& options);
+
+}  // namespace picklejail::cli

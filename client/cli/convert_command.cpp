@@ -1,0 +1,70 @@
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include "client/cli/commands.hpp"
+#include "client/cli/conversion_job.hpp"
+#include "client/cli/report_error.hpp"
+
+namespace picklejail::cli {
+namespace {
+
+std::string default_output(const std::string& input) {
+    return std::filesystem::path(input).replace_extension(".safetensors").string();
+}
+
+// A temporary file beside the destination, renamed into place only when
+// complete, so a failed conversion never leaves a partial output.
+class PendingOutput {
+  public:
+    explicit PendingOutput(std::string destination)
+        : destination_(std::move(destination)), temp_path_(destination_ + ".tmp.XXXXXX") {
+        fd_.reset(::mkostemp(temp_path_.data(), O_CLOEXEC));
+        if (!fd_) throw Error(ErrorCode::io_error, "cannot create " + temp_path_);
+    }
+    PendingOutput(const PendingOutput&) = delete;
+    PendingOutput& operator=(const PendingOutput&) = delete;
+    ~PendingOutput() {
+        if (!committed_) ::unlink(temp_path_.c_str());
+    }
+    [[nodiscard]] int fd() const noexcept { return fd_.get(); }
+    void commit() {
+        if (::fchmod(fd_.get(), 0644) != 0 || ::fsync(fd_.get()) != 0 ||
+            ::rename(temp_path_.c_str(), destination_.c_str()) != 0) {
+            throw Error(ErrorCode::io_error, "cannot write " + destination_);
+        }
+        committed_ = true;
+    }
+
+  private:
+    std::string destination_;
+    std::string temp_path_;
+    ipc::UniqueFd fd_;
+    bool committed_ = false;
+};
+
+}  // namespace
+
+int run_convert(const CommonOptions& common, const ConvertOptions& options) {
+    return report_errors([&] {
+        const auto loaded = load_checkpoint(common, options.input);
+        const std::string output =
+            options.output.empty() ? default_output(options.input) : options.output;
+        PendingOutput pending(output);
+        {
+            auto mapping = ipc::map_output(pending.fd(), loaded.conversion.output_size(), output);
+            loaded.conversion.write(mapping.bytes());
+        }
+        pending.commit();
+        std::printf("%s: %zu tensors, %llu bytes (%s, policy %s)\n", output.c_str(),
+                    loaded.conversion.layout().tensors().size(),
+                    static_cast<unsigned long long>(loaded.conversion.output_size()),
+                    std::string(loader::to_string(loaded.conversion.format())).c_str(),
+                    loaded.policy_name.c_str());
+    });
+}
+
+}  // namespace picklejail::cli

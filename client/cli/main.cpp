@@ -1,0 +1,41 @@
+// picklejail: convert or inspect untrusted PyTorch checkpoints without
+// running any of the code a pickle can carry.
+#include <CLI/CLI.hpp>
+
+#include "client/cli/commands.hpp"
+
+int main(int argc, char** argv) {
+    using namespace picklejail::cli;
+    CLI::App app{
+        "picklejail: load untrusted PyTorch checkpoints as safetensors, never running pickle code"};
+    app.require_subcommand(1);
+    CommonOptions common;
+    const auto add_common = [&common](CLI::App* command) {
+        command
+            ->add_option("--policy", common.policy,
+                         "policy name (weights, checkpoint) or a .json file")
+            ->capture_default_str();
+        command->add_option("--policy-dir", common.policy_dir,
+                            "directory holding the policy files");
+        command->add_option("--limits", common.limits_file, "JSON file overriding loader limits");
+    };
+
+    ConvertOptions convert;
+    auto* convert_cmd = app.add_subcommand("convert", "write a checkpoint as a .safetensors file");
+    convert_cmd->add_option("input", convert.input, "checkpoint (.pt, .pth, .bin, .ckpt)")
+        ->required();
+    convert_cmd->add_option("output", convert.output,
+                            "output file (default: input with .safetensors)");
+    add_common(convert_cmd);
+
+    InspectOptions inspect;
+    auto* inspect_cmd = app.add_subcommand("inspect", "list format, globals and tensors");
+    inspect_cmd->add_option("input", inspect.input, "checkpoint")->required();
+    inspect_cmd->add_flag("--json", inspect.json, "print JSON");
+    add_common(inspect_cmd);
+
+    CLI11_PARSE(app, argc, argv);
+    if (convert_cmd->parsed()) return run_convert(common, convert);
+    if (inspect_cmd->parsed()) return run_inspect(common, inspect);
+    return 2;
+}

@@ -1,0 +1,125 @@
+#include "loader/checkpoint_loader.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include "loader/checkpoint_readers.hpp"
+#include "loader/object_arena.hpp"
+#include "loader/object_flattener.hpp"
+#include "loader/storage_table.hpp"
+#include "loader/zip_archive.hpp"
+
+namespace picklejail::loader {
+
+struct Conversion::Owned {
+    explicit Owned(const Limits& l) : limits(l), storages(limits) {}
+    Limits limits;
+    StorageTable storages;
+};
+
+namespace {
+
+struct Parsed {
+    ReadResult read;
+    InputFormat format;
+};
+
+// One strict router (the CVE-2025-32434 lesson): zip → torch.save archive,
+// tar → refused, otherwise a pickle that is either the legacy magic number
+// or the whole object.
+Parsed parse_input(std::span<const std::byte> input, CallContext& ctx) {
+    if (input.size() > ctx.limits.max_input_bytes) {
+        throw Error(ErrorCode::too_large, "input exceeds max_input_bytes");
+    }
+    if (input.empty()) throw Error(ErrorCode::malformed, "input is empty");
+    if (looks_like_zip(input)) return {read_zip_checkpoint(input, ctx), InputFormat::zip};
+    if (looks_like_tar(input)) {
+        throw Error(
+            ErrorCode::unsupported,
+            "unsupported format: the pre-1.0 tar checkpoint layout is not read; re-save the "
+            "file with a current torch in a trusted environment");
+    }
+    PickleVm first(input.first(std::min<std::size_t>(input.size(), ctx.limits.max_pickle_bytes)),
+                   ctx, nullptr);
+    ValuePtr value = first.run();
+    if (is_legacy_magic(*value)) {
+        return {read_legacy_checkpoint(input, first.info().end_offset, ctx), InputFormat::legacy};
+    }
+    if (first.info().end_offset != input.size()) {
+        throw Error(ErrorCode::malformed,
+                    "bytes after the pickle's STOP (a second, hidden pickle?)");
+    }
+    return {ReadResult{value, first.info()}, InputFormat::pickle};
+}
+
+std::vector<TensorSource> tensor_sources(const FlattenedObject& flat,
+                                         const StorageTable& storages) {
+    std::vector<TensorSource> out;
+    out.reserve(flat.tensors.size());
+    for (const auto& named : flat.tensors) {
+        const Storage& storage = storages.at(named.view.storage);
+        if (!storage.bound)
+            throw Error(ErrorCode::malformed, "storage \"" + storage.key + "\" has no data");
+        out.push_back(TensorSource{named.name, named.view.dtype, named.view.shape,
+                                   named.view.stride, named.view.offset, storage.bytes,
+                                   storage.big_endian});
+    }
+    return out;
+}
+
+std::map<std::string, std::string> build_metadata(const FlattenedObject& flat, InputFormat format) {
+    std::map<std::string, std::string> metadata{
+        {std::string(kMetaFormat), "pt"},
+        {std::string(kMetaObject), flat.description.dump()},
+        {std::string(kMetaSource), std::string(to_string(format))},
+    };
+    nlohmann::json complex128 = nlohmann::json::array();
+    for (const auto& named : flat.tensors) {
+        if (named.view.dtype == DType::complex128) complex128.push_back(named.name);
+    }
+    if (!complex128.empty()) metadata.emplace(kMetaComplex128, complex128.dump());
+    for (const auto& [alias, kept] : flat.aliases) {
+        if (!metadata.emplace(alias, kept).second) {
+            throw Error(ErrorCode::malformed,
+                        "tensor alias \"" + alias + "\" collides with a reserved metadata key");
+        }
+    }
+    return metadata;
+}
+
+}  // namespace
+
+std::string_view to_string(InputFormat format) noexcept {
+    switch (format) {
+        case InputFormat::zip:
+            return "zip";
+        case InputFormat::legacy:
+            return "legacy";
+        case InputFormat::pickle:
+            return "pickle";
+    }
+    return "unknown";
+}
+
+Conversion::Conversion(Conversion&&) noexcept = default;
+Conversion& Conversion::operator=(Conversion&&) noexcept = default;
+Conversion::~Conversion() = default;
+
+Conversion Conversion::plan(std::span<const std::byte> input, const Policy& policy,
+                            const Limits& limits) {
+    Conversion conversion;
+    conversion.owned_ = std::make_unique<Owned>(limits);
+    Owned& owned = *conversion.owned_;
+    ObjectArena arena(owned.limits);  // values die with this scope; only plain data leaves it
+    CallContext ctx{policy, owned.limits, owned.storages, arena};
+    const Parsed parsed = parse_input(input, ctx);
+    const FlattenedObject flat = flatten_object(parsed.read.root, owned.limits);
+    conversion.format_ = parsed.format;
+    conversion.protocol_ = parsed.read.pickle.protocol;
+    conversion.globals_ = parsed.read.pickle.globals;
+    conversion.metadata_ = build_metadata(flat, parsed.format);
+    conversion.layout_ = SafetensorsLayout::plan(tensor_sources(flat, owned.storages),
+                                                 conversion.metadata_, owned.limits);
+    return conversion;
+}
+
+}  // namespace picklejail::loader

@@ -1,0 +1,62 @@
+// The loader's entry point: checkpoint bytes in, a planned safetensors image
+// out. Pure computation over memory the caller mapped; the caller provides
+// the output buffer, so tensor bytes are copied exactly once.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "loader/limits.hpp"
+#include "loader/policy.hpp"
+#include "loader/safetensors_writer.hpp"
+
+namespace picklejail::loader {
+
+enum class InputFormat : std::uint8_t { zip, legacy, pickle };
+[[nodiscard]] std::string_view to_string(InputFormat format) noexcept;
+
+// Keys picklejail writes into __metadata__ besides alias entries.
+inline constexpr std::string_view kMetaFormat = "format";
+inline constexpr std::string_view kMetaObject = "picklejail.object";
+inline constexpr std::string_view kMetaSource = "picklejail.source_format";
+inline constexpr std::string_view kMetaComplex128 = "picklejail.complex128";
+
+class Conversion {
+  public:
+    // Parses `input` under `policy`; every failure throws picklejail::Error.
+    [[nodiscard]] static Conversion plan(std::span<const std::byte> input, const Policy& policy,
+                                         const Limits& limits);
+
+    Conversion(Conversion&&) noexcept;
+    Conversion& operator=(Conversion&&) noexcept;
+    ~Conversion();
+
+    [[nodiscard]] InputFormat format() const noexcept { return format_; }
+    [[nodiscard]] int pickle_protocol() const noexcept { return protocol_; }
+    [[nodiscard]] const std::vector<std::string>& globals() const noexcept { return globals_; }
+    [[nodiscard]] const std::map<std::string, std::string>& metadata() const noexcept {
+        return metadata_;
+    }
+    [[nodiscard]] const SafetensorsLayout& layout() const noexcept { return layout_; }
+    [[nodiscard]] std::uint64_t output_size() const noexcept { return layout_.total_size(); }
+
+    // Writes the complete image; `out` must be output_size() bytes.
+    void write(std::span<std::byte> out) const { layout_.write(out); }
+
+  private:
+    Conversion() = default;
+
+    struct Owned;  // storage table: keeps inflated records alive for the layout
+    std::unique_ptr<Owned> owned_;
+    InputFormat format_ = InputFormat::pickle;
+    int protocol_ = 0;
+    std::vector<std::string> globals_;
+    std::map<std::string, std::string> metadata_;
+    SafetensorsLayout layout_;
+};
+
+}  // namespace picklejail::loader

@@ -1,0 +1,26 @@
+#include "loader/object_arena.hpp"
+
+namespace picklejail::loader {
+
+bool ObjectArena::has_children(const Value& value) noexcept {
+    return value.is<ListValue>() || value.is<TupleValue>() || value.is<SetValue>() ||
+           value.is<DictValue>() || value.is<RecordValue>();
+}
+
+ObjectArena::~ObjectArena() {
+    for (const ValuePtr& value : containers_) {
+        if (auto* list = value->as<ListValue>()) list->items.clear();
+        if (auto* tuple = value->as<TupleValue>()) tuple->items.clear();
+        if (auto* set = value->as<SetValue>()) set->items.clear();
+        if (auto* dict = value->as<DictValue>()) {
+            dict->items.clear();
+            dict->attributes.reset();
+        }
+        if (auto* record = value->as<RecordValue>()) {
+            record->args.reset();
+            record->state.reset();
+        }
+    }
+}
+
+}  // namespace picklejail::loader

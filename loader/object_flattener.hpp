@@ -1,0 +1,32 @@
+// Walks the loaded object: names every tensor by its path (nested dict keys
+// and list/tuple indices joined with '.'), folds identical views into one
+// stored tensor plus aliases, and describes everything else as JSON so a
+// client can rebuild exactly what torch.load returns (docs/output-format.md).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "loader/limits.hpp"
+#include "loader/storage_table.hpp"
+#include "loader/value.hpp"
+
+namespace picklejail::loader {
+
+struct NamedTensor {
+    std::string name;  // the name it is stored under
+    TensorValue view;
+};
+
+struct FlattenedObject {
+    std::vector<NamedTensor> tensors;            // one per distinct view
+    std::map<std::string, std::string> aliases;  // alias name → stored name
+    nlohmann::ordered_json description;
+};
+
+[[nodiscard]] FlattenedObject flatten_object(const ValuePtr& root, const Limits& limits);
+
+}  // namespace picklejail::loader

@@ -1,0 +1,23 @@
+// The persistent ids torch.save writes for storages:
+//   zip:    ('storage', StorageClass, key, location, numel)
+//   legacy: ('storage', StorageClass, key, location, numel, view_metadata)
+// Anything else is refused (CVE-2026-24747 used a tensor as a pid).
+#pragma once
+
+#include <string>
+
+#include "loader/global_calls.hpp"
+
+namespace picklejail::loader {
+
+struct StoragePid {
+    std::string key;
+    DType dtype;
+    std::uint64_t numel;
+    std::string location;
+};
+
+[[nodiscard]] StoragePid parse_storage_pid(const ValuePtr& pid, std::size_t expected_arity,
+                                           const CallContext& ctx);
+
+}  // namespace picklejail::loader

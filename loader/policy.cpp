@@ -1,0 +1,87 @@
+#include "loader/policy.hpp"
+
+#include <array>
+#include <nlohmann/json.hpp>
+#include <utility>
+
+#include "common/error.hpp"
+
+namespace picklejail::loader {
+namespace {
+
+using nlohmann::json;
+
+[[noreturn]] void bad_policy(const std::string& why) {
+    throw Error(ErrorCode::invalid_request, "invalid policy: " + why);
+}
+
+json parse_policy_json(std::string_view text) {
+    json doc = json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (doc.is_discarded() || !doc.is_object()) bad_policy("not a JSON object");
+    return doc;
+}
+
+constexpr std::array<std::pair<std::string_view, std::string_view>, 3> kModuleRenames{{
+    {"__builtin__", "builtins"},
+    {"copy_reg", "copyreg"},
+    {"torch.tensor", "torch._tensor"},
+}};
+
+}  // namespace
+
+std::string canonical_global_name(std::string_view module, std::string_view name) {
+    for (const auto& [from, to] : kModuleRenames) {
+        if (module == from) module = to;
+    }
+    std::string out;
+    out.reserve(module.size() + 1 + name.size());
+    out.append(module).append(".").append(name);
+    return out;
+}
+
+std::optional<std::string> Policy::extends_of(std::string_view json_text) {
+    const json doc = parse_policy_json(json_text);
+    if (!doc.contains("extends")) return std::nullopt;
+    if (!doc["extends"].is_string()) bad_policy("\"extends\" must be a string");
+    return doc["extends"].get<std::string>();
+}
+
+Policy Policy::from_json(std::string_view json_text, const Policy* base) {
+    const json doc = parse_policy_json(json_text);
+    Policy policy;
+    if (base != nullptr) {
+        policy.globals_ = base->globals_;
+        policy.numpy_arrays_as_tensors_ = base->numpy_arrays_as_tensors_;
+    } else if (doc.contains("extends")) {
+        bad_policy("\"extends\" given but the base policy was not supplied");
+    }
+    if (!doc.contains("name") || !doc["name"].is_string()) bad_policy("missing string \"name\"");
+    policy.name_ = doc["name"].get<std::string>();
+    if (!doc.contains("globals") || !doc["globals"].is_object()) {
+        bad_policy("missing object \"globals\"");
+    }
+    for (const auto& [global, handler_json] : doc["globals"].items()) {
+        if (!handler_json.is_string()) bad_policy("handler of " + global + " must be a string");
+        const auto handler = handler_from_name(handler_json.get<std::string>());
+        if (!handler) bad_policy("unknown handler \"" + handler_json.get<std::string>() + "\"");
+        if (global.find('*') != std::string::npos || global.find('.') == std::string::npos) {
+            bad_policy("\"" + global + "\" is not an exact module.name");
+        }
+        policy.globals_[global] = *handler;
+    }
+    if (doc.contains("numpy_arrays_as_tensors")) {
+        if (!doc["numpy_arrays_as_tensors"].is_boolean()) {
+            bad_policy("\"numpy_arrays_as_tensors\" must be a boolean");
+        }
+        policy.numpy_arrays_as_tensors_ = doc["numpy_arrays_as_tensors"].get<bool>();
+    }
+    return policy;
+}
+
+std::optional<Handler> Policy::resolve(std::string_view module, std::string_view name) const {
+    const auto it = globals_.find(canonical_global_name(module, name));
+    if (it == globals_.end()) return std::nullopt;
+    return it->second;
+}
+
+}  // namespace picklejail::loader

@@ -1,0 +1,45 @@
+// A policy maps exact global names ("module.qualname") to built-in handlers.
+// Policies are data (policies/*.json); no wildcard over a module exists.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "loader/handler.hpp"
+
+namespace picklejail::loader {
+
+class Policy {
+  public:
+    // Parses {"name":..., "description":..., "extends":"base"?, "globals":{name: handler},
+    // "numpy_arrays_as_tensors": bool?}. `base` supplies the globals of "extends"
+    // (the caller resolves the name; the loader opens no files).
+    // Throws Error(invalid_request) on any schema error.
+    [[nodiscard]] static Policy from_json(std::string_view json_text, const Policy* base = nullptr);
+
+    // The extends target named in the text, if any, so a caller can load it first.
+    [[nodiscard]] static std::optional<std::string> extends_of(std::string_view json_text);
+
+    // Python 2 and old-torch module names are mapped first (__builtin__ → builtins,
+    // copy_reg → copyreg, torch.tensor → torch._tensor), as CPython and torch do.
+    [[nodiscard]] std::optional<Handler> resolve(std::string_view module,
+                                                 std::string_view name) const;
+
+    [[nodiscard]] const std::string& name() const noexcept { return name_; }
+    [[nodiscard]] const std::map<std::string, Handler, std::less<>>& globals() const noexcept {
+        return globals_;
+    }
+    [[nodiscard]] bool numpy_arrays_as_tensors() const noexcept { return numpy_arrays_as_tensors_; }
+
+  private:
+    std::string name_;
+    std::map<std::string, Handler, std::less<>> globals_;
+    bool numpy_arrays_as_tensors_ = false;
+};
+
+// "module.name" after the legacy module renames.
+[[nodiscard]] std::string canonical_global_name(std::string_view module, std::string_view name);
+
+}  // namespace picklejail::loader

@@ -1,0 +1,181 @@
+#include "loader/safetensors_writer.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "common/error.hpp"
+#include "loader/checked_math.hpp"
+
+namespace picklejail::loader {
+namespace {
+
+std::string json_string(const std::string& text) {
+    return nlohmann::json(text).dump();
+}
+
+std::string json_uint_array(const std::vector<std::uint64_t>& values) {
+    std::string out = "[";
+    for (std::size_t i = 0; i < values.size(); ++i) {
+        if (i != 0) out.push_back(',');
+        out += std::to_string(values[i]);
+    }
+    out.push_back(']');
+    return out;
+}
+
+// Dimensions that a plain nested loop walks: size-1 dimensions dropped,
+// neighbours merged when the outer one steps exactly over the inner one.
+struct CollapsedView {
+    std::vector<std::uint64_t> shape;
+    std::vector<std::uint64_t> stride;
+};
+
+CollapsedView collapse(const std::vector<std::uint64_t>& shape,
+                       const std::vector<std::uint64_t>& stride) {
+    CollapsedView view;
+    for (std::size_t i = 0; i < shape.size(); ++i) {
+        if (shape[i] == 1) continue;
+        if (!view.shape.empty() && view.stride.back() == stride[i] * shape[i]) {
+            view.shape.back() *= shape[i];
+            view.stride.back() = stride[i];
+        } else {
+            view.shape.push_back(shape[i]);
+            view.stride.push_back(stride[i]);
+        }
+    }
+    return view;
+}
+
+}  // namespace
+
+void gather_strided(std::span<const std::byte> storage, std::uint64_t offset,
+                    const std::vector<std::uint64_t>& shape,
+                    const std::vector<std::uint64_t>& stride, std::size_t element_size,
+                    std::span<std::byte> dst) {
+    if (dst.empty()) return;
+    const CollapsedView view = collapse(shape, stride);
+    const std::byte* base = storage.data() + offset * element_size;
+    if (view.shape.empty()) {  // a scalar or all-ones shape
+        std::memcpy(dst.data(), base, element_size);
+        return;
+    }
+    const std::size_t rank = view.shape.size();
+    // The innermost run is one memcpy when contiguous, else element by element.
+    const bool inner_contiguous = view.stride.back() == 1;
+    const std::size_t inner_count = view.shape.back();
+    const std::size_t inner_bytes = inner_count * element_size;
+    std::vector<std::uint64_t> index(rank, 0);
+    std::byte* out = dst.data();
+    const std::byte* const out_end = dst.data() + dst.size();
+    while (out < out_end) {
+        std::uint64_t element = 0;
+        for (std::size_t d = 0; d + 1 < rank; ++d) element += index[d] * view.stride[d];
+        const std::byte* src = base + element * element_size;
+        if (inner_contiguous) {
+            std::memcpy(out, src, inner_bytes);
+        } else {
+            const std::size_t step = view.stride.back() * element_size;
+            for (std::size_t k = 0; k < inner_count; ++k)
+                std::memcpy(out + k * element_size, src + k * step, element_size);
+        }
+        out += inner_bytes;
+        for (std::size_t d = rank - 1; d-- > 0;) {  // odometer over the outer dimensions
+            if (++index[d] < view.shape[d]) break;
+            index[d] = 0;
+        }
+    }
+}
+
+void swap_bytes(std::span<std::byte> data, std::size_t width) {
+    if (width <= 1) return;
+    for (std::size_t i = 0; i + width <= data.size(); i += width) {
+        std::reverse(data.begin() + static_cast<long>(i),
+                     data.begin() + static_cast<long>(i + width));
+    }
+}
+
+SafetensorsLayout SafetensorsLayout::plan(std::vector<TensorSource> tensors,
+                                          const std::map<std::string, std::string>& metadata,
+                                          const Limits& limits, std::size_t alignment) {
+    std::sort(tensors.begin(), tensors.end(), [](const TensorSource& a, const TensorSource& b) {
+        const auto ra = info(a.dtype).write_rank;
+        const auto rb = info(b.dtype).write_rank;
+        return ra != rb ? ra > rb : a.name < b.name;
+    });
+    SafetensorsLayout layout;
+    std::string json = "{";
+    if (!metadata.empty()) {
+        json += "\"__metadata__\":{";
+        bool first = true;
+        for (const auto& [key, value] : metadata) {
+            if (!first) json.push_back(',');
+            first = false;
+            json += json_string(key) + ":" + json_string(value);
+        }
+        json += "}";
+    }
+    std::uint64_t cursor = 0;
+    for (auto& source : tensors) {
+        LaidOutTensor out;
+        out.safetensors_dtype = std::string(info(source.dtype).safetensors_name);
+        out.written_shape = source.shape;
+        std::uint64_t bytes = info(source.dtype).element_size;
+        for (const auto dim : source.shape) bytes = checked_mul(bytes, dim, "tensor size");
+        if (source.dtype == DType::complex128) out.written_shape.push_back(2);  // F64 pairs
+        out.begin = cursor;
+        out.end = cursor = checked_add(cursor, bytes, "output size");
+        if (json.size() > 1) json.push_back(',');
+        json += json_string(source.name) + ":{\"dtype\":\"" + out.safetensors_dtype +
+                "\",\"shape\":" + json_uint_array(out.written_shape) + ",\"data_offsets\":[" +
+                std::to_string(out.begin) + "," + std::to_string(out.end) + "]}";
+        if (json.size() > limits.max_header_bytes) {
+            throw Error(ErrorCode::too_large, "safetensors header exceeds max_header_bytes (" +
+                                                  std::to_string(limits.max_header_bytes) + ")");
+        }
+        out.source = std::move(source);
+        layout.tensors_.push_back(std::move(out));
+    }
+    json.push_back('}');
+    const std::size_t padded = (8 + json.size() + alignment - 1) / alignment * alignment - 8;
+    json.resize(padded, ' ');
+    if (json.size() > limits.max_header_bytes) {
+        throw Error(ErrorCode::too_large, "safetensors header exceeds max_header_bytes");
+    }
+    layout.header_ = std::move(json);
+    layout.data_offset_ = 8 + layout.header_.size();
+    layout.data_size_ = cursor;
+    if (layout.total_size() > limits.max_output_bytes) {
+        throw Error(ErrorCode::too_large, "output of " + std::to_string(layout.total_size()) +
+                                              " bytes exceeds max_output_bytes (" +
+                                              std::to_string(limits.max_output_bytes) + ")");
+    }
+    return layout;
+}
+
+void SafetensorsLayout::write_header(std::span<std::byte> out) const {
+    const std::uint64_t n = header_.size();
+    for (int i = 0; i < 8; ++i)
+        out[static_cast<std::size_t>(i)] = static_cast<std::byte>((n >> (8 * i)) & 0xFF);
+    std::memcpy(out.data() + 8, header_.data(), header_.size());
+}
+
+void SafetensorsLayout::write_tensor(std::size_t index, std::span<std::byte> out) const {
+    const LaidOutTensor& t = tensors_.at(index);
+    const auto& d = info(t.source.dtype);
+    gather_strided(t.source.storage, t.source.offset, t.source.shape, t.source.stride,
+                   d.element_size, out);
+    if (t.source.big_endian) swap_bytes(out, d.swap_width);
+}
+
+void SafetensorsLayout::write(std::span<std::byte> out) const {
+    if (out.size() != total_size())
+        throw Error(ErrorCode::internal, "output buffer has the wrong size");
+    write_header(out.first(data_offset_));
+    for (std::size_t i = 0; i < tensors_.size(); ++i) {
+        const auto& t = tensors_[i];
+        write_tensor(i, out.subspan(data_offset_ + t.begin, t.end - t.begin));
+    }
+}
+
+}  // namespace picklejail::loader

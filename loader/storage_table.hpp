@@ -1,0 +1,56 @@
+// Storages declared by persistent ids, and the bytes the container format
+// later binds to them. One key keeps one dtype and size (torch caches by key;
+// a file that disagrees with itself is malformed).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "loader/dtype.hpp"
+#include "loader/limits.hpp"
+
+namespace picklejail::loader {
+
+struct Storage {
+    std::string key;
+    DType dtype;                       // uint8 for UntypedStorage
+    std::uint64_t nbytes;              // numel × element size, checked
+    std::string location;              // "cpu", "cuda:0": logged, never interpreted
+    std::span<const std::byte> bytes;  // bound by the format reader
+    bool bound = false;
+    bool big_endian = false;  // bytes must be swapped per element when written
+};
+
+class StorageTable {
+  public:
+    explicit StorageTable(const Limits& limits) : limits_(limits) {}
+
+    // Returns the index for `key`, declaring it on first sight; a second
+    // declaration with another dtype or size throws `malformed`.
+    [[nodiscard]] std::uint32_t declare(const std::string& key, DType dtype, std::uint64_t numel,
+                                        const std::string& location);
+
+    // Binds the record's bytes; its length must equal the declared size exactly
+    // (the CVE-2026-24747 lesson).
+    void bind(std::uint32_t index, std::span<const std::byte> bytes, bool big_endian);
+
+    [[nodiscard]] const Storage& at(std::uint32_t index) const { return storages_.at(index); }
+    [[nodiscard]] Storage& at(std::uint32_t index) { return storages_.at(index); }
+    [[nodiscard]] std::size_t size() const noexcept { return storages_.size(); }
+    [[nodiscard]] std::vector<Storage>& all() noexcept { return storages_; }
+
+    // Keeps decompressed record bytes alive as long as the table.
+    [[nodiscard]] std::span<std::byte> own_buffer(std::size_t size);
+
+  private:
+    const Limits& limits_;
+    std::vector<Storage> storages_;
+    std::map<std::string, std::uint32_t, std::less<>> by_key_;
+    std::vector<std::vector<std::byte>> owned_;
+};
+
+}  // namespace picklejail::loader

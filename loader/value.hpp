@@ -1,0 +1,128 @@
+// The values the pickle VM builds. Nothing here can run code: globals are
+// references to built-in handlers, and everything else is inert data.
+// Containers are shared through shared_ptr so memo references alias the
+// same object (as in Python) instead of being deep-copied.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "loader/dtype.hpp"
+#include "loader/handler.hpp"
+
+namespace picklejail::loader {
+
+struct Value;
+using ValuePtr = std::shared_ptr<Value>;
+
+struct NoneValue {};
+struct BoolValue {
+    bool value;
+};
+struct IntValue {
+    std::int64_t value;
+};
+// Integers wider than 64 bits (the legacy magic number is 77 bits):
+// little-endian two's complement, as LONG1/LONG4 store them.
+struct BigIntValue {
+    std::vector<std::uint8_t> le_bytes;
+};
+struct FloatValue {
+    double value;
+};
+struct ComplexValue {
+    double real;
+    double imag;
+};
+struct StringValue {
+    std::string utf8;
+};
+struct BytesValue {
+    std::string bytes;
+    bool bytearray = false;
+};
+struct ListValue {
+    std::vector<ValuePtr> items;
+};
+struct TupleValue {
+    std::vector<ValuePtr> items;
+};
+struct SetValue {
+    std::vector<ValuePtr> items;
+    bool frozen = false;
+};
+struct DictValue {
+    std::vector<std::pair<ValuePtr, ValuePtr>> items;  // insertion order
+    enum class Kind : std::uint8_t { dict, ordered_dict, default_dict, counter } kind = Kind::dict;
+    ValuePtr attributes;  // OrderedDict BUILD state, e.g. state_dict()._metadata
+};
+// A global the policy allowed, resolved to a built-in handler.
+struct GlobalValue {
+    Handler handler;
+    std::string name;  // "module.qualname"
+};
+struct StorageValue {
+    std::uint32_t index;  // into the StorageTable
+};
+struct TensorValue {
+    std::uint32_t storage;  // StorageTable index
+    DType dtype;
+    std::uint64_t offset;  // in elements of dtype
+    std::vector<std::uint64_t> shape;
+    std::vector<std::uint64_t> stride;
+    bool requires_grad = false;
+    bool parameter = false;
+    std::uint32_t id = 0;  // identity of the pickled tensor object
+};
+struct DTypeValue {
+    DType dtype;
+};
+struct DeviceValue {
+    std::string spec;
+};
+// An allowed non-tensor class instance kept as data: {class, args, state}.
+struct RecordValue {
+    std::string class_name;
+    ValuePtr args;
+    ValuePtr state;
+};
+
+using ValueVariant =
+    std::variant<NoneValue, BoolValue, IntValue, BigIntValue, FloatValue, ComplexValue, StringValue,
+                 BytesValue, ListValue, TupleValue, SetValue, DictValue, GlobalValue, StorageValue,
+                 TensorValue, DTypeValue, DeviceValue, RecordValue>;
+
+struct Value {
+    ValueVariant v;
+
+    template <typename T>
+    [[nodiscard]] T* as() noexcept {
+        return std::get_if<T>(&v);
+    }
+    template <typename T>
+    [[nodiscard]] const T* as() const noexcept {
+        return std::get_if<T>(&v);
+    }
+    template <typename T>
+    [[nodiscard]] bool is() const noexcept {
+        return std::holds_alternative<T>(v);
+    }
+};
+
+template <typename T>
+[[nodiscard]] ValuePtr make_value(T&& alternative) {
+    return std::make_shared<Value>(Value{ValueVariant{std::forward<T>(alternative)}});
+}
+
+// A short type name for error messages ("dict", "tuple", "global os.system").
+[[nodiscard]] std::string describe(const Value& value);
+
+// The integer held by an IntValue or BoolValue, if any.
+[[nodiscard]] std::optional<std::int64_t> as_int(const Value& value);
+
+}  // namespace picklejail::loader

@@ -1,0 +1,222 @@
+#include "loader/zip_archive.hpp"
+
+#include <minizip/unzip.h>
+
+#include <cstring>
+
+#include "common/error.hpp"
+#include "loader/checked_math.hpp"
+
+namespace picklejail::loader {
+
+// minizip reads through these callbacks: a cursor over the input bytes, so
+// the archive is never opened by path and no syscall is made.
+struct ZipArchive::MemoryStream {
+    std::span<const std::byte> bytes;
+    std::uint64_t position = 0;
+
+    static voidpf open(voidpf opaque, const void* /*name*/, int /*mode*/) { return opaque; }
+    static uLong read(voidpf /*opaque*/, voidpf stream, void* buf, uLong size) {
+        auto* self = static_cast<MemoryStream*>(stream);
+        if (self->position >= self->bytes.size()) return 0;
+        const uLong n =
+            static_cast<uLong>(std::min<std::uint64_t>(size, self->bytes.size() - self->position));
+        std::memcpy(buf, self->bytes.data() + self->position, n);
+        self->position += n;
+        return n;
+    }
+    static uLong write(voidpf, voidpf, const void*, uLong) { return 0; }
+    static ZPOS64_T tell(voidpf /*opaque*/, voidpf stream) {
+        return static_cast<MemoryStream*>(stream)->position;
+    }
+    static long seek(voidpf /*opaque*/, voidpf stream, ZPOS64_T offset, int origin) {
+        auto* self = static_cast<MemoryStream*>(stream);
+        std::uint64_t base = 0;
+        switch (origin) {
+            case ZLIB_FILEFUNC_SEEK_SET:
+                base = 0;
+                break;
+            case ZLIB_FILEFUNC_SEEK_CUR:
+                base = self->position;
+                break;
+            case ZLIB_FILEFUNC_SEEK_END:
+                base = self->bytes.size();
+                break;
+            default:
+                return -1;
+        }
+        std::uint64_t target = 0;
+        if (__builtin_add_overflow(base, offset, &target) || target > self->bytes.size()) return -1;
+        self->position = target;
+        return 0;
+    }
+    static int close(voidpf, voidpf) { return 0; }
+    static int error(voidpf, voidpf) { return 0; }
+};
+
+namespace {
+
+[[noreturn]] void bad_zip(const std::string& why) {
+    throw Error(ErrorCode::malformed, "zip archive: " + why);
+}
+
+bool unsafe_name(std::string_view name) {
+    if (name.empty() || name.front() == '/' || name.find('\\') != std::string_view::npos)
+        return true;
+    if (name.find('\0') != std::string_view::npos) return true;
+    std::size_t start = 0;
+    while (start <= name.size()) {
+        const auto end = std::min(name.find('/', start), name.size());
+        if (name.substr(start, end - start) == "..") return true;
+        start = end + 1;
+    }
+    return false;
+}
+
+}  // namespace
+
+bool looks_like_zip(std::span<const std::byte> bytes) noexcept {
+    static constexpr unsigned char kLocal[4] = {'P', 'K', 3, 4};
+    return bytes.size() >= 4 && std::memcmp(bytes.data(), kLocal, 4) == 0;
+}
+
+ZipArchive::ZipArchive(std::span<const std::byte> bytes, const Limits& limits)
+    : bytes_(bytes), limits_(limits), stream_(std::make_unique<MemoryStream>()) {
+    stream_->bytes = bytes;
+    zlib_filefunc64_def funcs{};
+    funcs.zopen64_file = &MemoryStream::open;
+    funcs.zread_file = &MemoryStream::read;
+    funcs.zwrite_file = &MemoryStream::write;
+    funcs.ztell64_file = &MemoryStream::tell;
+    funcs.zseek64_file = &MemoryStream::seek;
+    funcs.zclose_file = &MemoryStream::close;
+    funcs.zerror_file = &MemoryStream::error;
+    funcs.opaque = stream_.get();
+    handle_ = unzOpen2_64("memory", &funcs);
+    if (handle_ == nullptr) bad_zip("no readable central directory");
+    read_directory();
+}
+
+ZipArchive::~ZipArchive() {
+    if (handle_ != nullptr) unzClose(static_cast<unzFile>(handle_));
+}
+
+void ZipArchive::read_directory() {
+    auto* zip = static_cast<unzFile>(handle_);
+    std::vector<char> name(65536 + 1);
+    for (int rc = unzGoToFirstFile(zip); rc != UNZ_END_OF_LIST_OF_FILE; rc = unzGoToNextFile(zip)) {
+        if (rc != UNZ_OK)
+            bad_zip("central directory is corrupt (minizip error " + std::to_string(rc) + ")");
+        if (entries_.size() >= limits_.max_zip_entries) {
+            throw Error(ErrorCode::too_large, "zip archive has more than " +
+                                                  std::to_string(limits_.max_zip_entries) +
+                                                  " entries");
+        }
+        unz_file_info64 file_info{};
+        if (unzGetCurrentFileInfo64(zip, &file_info, name.data(), name.size() - 1, nullptr, 0,
+                                    nullptr, 0) != UNZ_OK) {
+            bad_zip("unreadable central directory entry");
+        }
+        ZipEntry entry;
+        entry.name.assign(name.data(), file_info.size_filename);
+        if (unsafe_name(entry.name)) bad_zip("unsafe entry name \"" + entry.name + "\"");
+        if ((file_info.flag & 1U) != 0) {
+            throw Error(ErrorCode::unsupported, "zip entry \"" + entry.name + "\" is encrypted");
+        }
+        if (file_info.compression_method != 0 && file_info.compression_method != Z_DEFLATED) {
+            throw Error(ErrorCode::unsupported, "zip entry \"" + entry.name +
+                                                    "\" uses compression method " +
+                                                    std::to_string(file_info.compression_method));
+        }
+        entry.method = static_cast<std::uint16_t>(file_info.compression_method);
+        entry.compressed_size = file_info.compressed_size;
+        entry.uncompressed_size = file_info.uncompressed_size;
+        unz64_file_pos pos{};
+        unzGetFilePos64(zip, &pos);
+        entry.directory_position = pos.pos_in_zip_directory;
+        entry.directory_index = pos.num_of_file;
+        if (!by_name_.emplace(entry.name, entries_.size()).second)
+            bad_zip("duplicate entry \"" + entry.name + "\"");
+        entries_.push_back(std::move(entry));
+    }
+    if (entries_.empty()) bad_zip("archive is empty");
+    // torch's reader: the prefix is the first entry's directory, and every
+    // entry lives under it.
+    const auto slash = entries_.front().name.find('/');
+    if (slash == std::string::npos) bad_zip("first entry is not in a subdirectory");
+    prefix_ = entries_.front().name.substr(0, slash + 1);
+    for (const auto& entry : entries_) {
+        if (entry.name.compare(0, prefix_.size(), prefix_) != 0) {
+            bad_zip("entry \"" + entry.name + "\" is outside the archive directory \"" + prefix_ +
+                    "\"");
+        }
+    }
+}
+
+const ZipEntry* ZipArchive::find(std::string_view relative_name) const {
+    std::string full = prefix_;
+    full.append(relative_name);
+    const auto it = by_name_.find(full);
+    return it == by_name_.end() ? nullptr : &entries_[it->second];
+}
+
+void ZipArchive::open_entry(const ZipEntry& entry) {
+    auto* zip = static_cast<unzFile>(handle_);
+    const unz64_file_pos pos{entry.directory_position, entry.directory_index};
+    if (unzGoToFilePos64(zip, &pos) != UNZ_OK)
+        bad_zip("cannot seek to entry \"" + entry.name + "\"");
+    // minizip checks the local header against the central directory here.
+    if (const int rc = unzOpenCurrentFile(zip); rc != UNZ_OK) {
+        bad_zip("local header of \"" + entry.name +
+                "\" does not match the central directory (minizip error " + std::to_string(rc) +
+                ")");
+    }
+}
+
+std::span<const std::byte> ZipArchive::stored_bytes(const ZipEntry& entry) {
+    if (entry.method != 0) throw Error(ErrorCode::internal, "stored_bytes on a compressed entry");
+    if (entry.compressed_size != entry.uncompressed_size) {
+        bad_zip("stored entry \"" + entry.name +
+                "\" has different compressed and uncompressed sizes");
+    }
+    open_entry(entry);
+    auto* zip = static_cast<unzFile>(handle_);
+    const std::uint64_t start = unzGetCurrentFileZStreamPos64(zip);
+    unzCloseCurrentFile(zip);  // a CRC mismatch is tolerated: torch does not require CRCs
+    const std::uint64_t end = checked_add(start, entry.uncompressed_size, "zip entry end");
+    if (end > bytes_.size()) bad_zip("entry \"" + entry.name + "\" runs past the end of the file");
+    return bytes_.subspan(start, entry.uncompressed_size);
+}
+
+void ZipArchive::inflate(const ZipEntry& entry, std::span<std::byte> out) {
+    if (out.size() != entry.uncompressed_size)
+        throw Error(ErrorCode::internal, "inflate buffer size mismatch");
+    const std::uint64_t ratio_cap =
+        checked_mul(std::max<std::uint64_t>(entry.compressed_size, 1024), limits_.max_inflate_ratio,
+                    "inflate limit");
+    if (entry.uncompressed_size > ratio_cap) {
+        throw Error(ErrorCode::too_large, "zip entry \"" + entry.name + "\" inflates more than " +
+                                              std::to_string(limits_.max_inflate_ratio) +
+                                              "× (limit max_inflate_ratio): a zip bomb?");
+    }
+    open_entry(entry);
+    auto* zip = static_cast<unzFile>(handle_);
+    std::size_t done = 0;
+    while (done < out.size()) {
+        const auto chunk =
+            static_cast<unsigned>(std::min<std::size_t>(out.size() - done, 1U << 30));
+        const int n = unzReadCurrentFile(zip, out.data() + done, chunk);
+        if (n <= 0) {
+            unzCloseCurrentFile(zip);
+            bad_zip("entry \"" + entry.name + "\" inflates to fewer bytes than its directory says");
+        }
+        done += static_cast<std::size_t>(n);
+    }
+    char extra = 0;
+    const int more = unzReadCurrentFile(zip, &extra, 1);
+    unzCloseCurrentFile(zip);
+    if (more != 0)
+        bad_zip("entry \"" + entry.name + "\" inflates to more bytes than its directory says");
+}
+
+}  // namespace picklejail::loader

@@ -1,0 +1,62 @@
+// Zip checkpoints (torch.save since 1.6) through zlib's minizip, reading from
+// memory only. Enforces what torch's reader enforces and what it forgot:
+// one top-level prefix, no "..", no absolute names, no duplicates, no
+// encryption, central directory sizes over local ones, bounded inflation.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "loader/limits.hpp"
+
+namespace picklejail::loader {
+
+struct ZipEntry {
+    std::string name;  // full name inside the archive
+    std::uint64_t compressed_size = 0;
+    std::uint64_t uncompressed_size = 0;
+    std::uint16_t method = 0;  // 0 stored, 8 deflated
+    std::uint64_t directory_position = 0;
+    std::uint64_t directory_index = 0;
+};
+
+class ZipArchive {
+  public:
+    ZipArchive(std::span<const std::byte> bytes, const Limits& limits);
+    ~ZipArchive();
+    ZipArchive(const ZipArchive&) = delete;
+    ZipArchive& operator=(const ZipArchive&) = delete;
+
+    // "archive/" — the directory of the first entry, shared by every entry.
+    [[nodiscard]] const std::string& prefix() const noexcept { return prefix_; }
+    [[nodiscard]] const std::vector<ZipEntry>& entries() const noexcept { return entries_; }
+    // Looks up prefix + relative name.
+    [[nodiscard]] const ZipEntry* find(std::string_view relative_name) const;
+
+    // A stored entry's bytes, straight from the input (zero copy).
+    [[nodiscard]] std::span<const std::byte> stored_bytes(const ZipEntry& entry);
+    // Inflates a deflated entry into `out` (exactly uncompressed_size bytes).
+    void inflate(const ZipEntry& entry, std::span<std::byte> out);
+
+  private:
+    struct MemoryStream;
+    void read_directory();
+    void open_entry(const ZipEntry& entry);
+
+    std::span<const std::byte> bytes_;
+    const Limits& limits_;
+    std::unique_ptr<MemoryStream> stream_;
+    void* handle_ = nullptr;  // unzFile, closed in the destructor
+    std::vector<ZipEntry> entries_;
+    std::map<std::string, std::size_t, std::less<>> by_name_;
+    std::string prefix_;
+};
+
+[[nodiscard]] bool looks_like_zip(std::span<const std::byte> bytes) noexcept;
+
+}  // namespace picklejail::loader
