@@ -15,7 +15,9 @@ namespace picklejail::loader {
 
 class ByteReader {
   public:
-    explicit ByteReader(std::span<const std::byte> bytes) : bytes_(bytes) {}
+    // `base` is added to positions in messages (the reader may view a slice).
+    explicit ByteReader(std::span<const std::byte> bytes, std::size_t base = 0)
+        : bytes_(bytes), base_(base) {}
 
     [[nodiscard]] std::size_t position() const noexcept { return pos_; }
     [[nodiscard]] std::size_t remaining() const noexcept { return bytes_.size() - pos_; }
@@ -25,7 +27,7 @@ class ByteReader {
         if (count > remaining()) {
             throw Error(ErrorCode::malformed,
                         std::string(what) + " runs past the end of the data (offset " +
-                            std::to_string(pos_) + ", needs " + std::to_string(count) + " bytes, " +
+                            std::to_string(base_ + pos_) + ", needs " + std::to_string(count) + " bytes, " +
                             std::to_string(remaining()) + " left)");
         }
         auto out = bytes_.subspan(pos_, static_cast<std::size_t>(count));
@@ -61,7 +63,7 @@ class ByteReader {
         const void* nl = std::memchr(start, '\n', limit);
         if (nl == nullptr) {
             throw Error(ErrorCode::malformed, std::string(what) + " at offset " +
-                                                  std::to_string(pos_) +
+                                                  std::to_string(base_ + pos_) +
                                                   " has no terminating newline");
         }
         const auto len = static_cast<std::size_t>(static_cast<const char*>(nl) - start);
@@ -71,6 +73,7 @@ class ByteReader {
 
   private:
     std::span<const std::byte> bytes_;
+    std::size_t base_ = 0;
     std::size_t pos_ = 0;
 };
 

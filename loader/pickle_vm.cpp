@@ -206,7 +206,9 @@ ValuePtr PickleVm::run() {
         opcode_offset_ = position_;
         ctx_.offset = opcode_offset_;
         const auto opcode = std::to_integer<std::uint8_t>(pickle_[position_++]);
-        if (!step(opcode)) break;
+        const bool more = step(opcode);
+        check_frame(opcode);
+        if (!more) break;
     }
     info_.end_offset = position_;
     if (!marks_.empty()) fail(ErrorCode::malformed, "STOP with an unclosed MARK");
@@ -218,7 +220,7 @@ ValuePtr PickleVm::run() {
 }
 
 bool PickleVm::step(std::uint8_t opcode) {
-    ByteReader in(pickle_.subspan(position_));
+    ByteReader in(pickle_.subspan(position_), position_);
     const auto advance = [&] { position_ += in.position(); };
     const auto text_line = [&](std::string_view what) { return in.line(kMaxTextOperand, what); };
     ctx_.arena.count_object();
@@ -232,9 +234,15 @@ bool PickleVm::step(std::uint8_t opcode) {
             break;
         }
         case FRAME: {
-            // Frames only group opcodes; the length must fit what is left.
+            // Frames only group opcodes, but CPython refuses a new frame inside
+            // one and any opcode straddling a frame's end; so do we, so no
+            // scanner and loader ever disagree about where opcodes are.
             const auto length = in.le<8>("FRAME length");
             if (length > in.remaining()) fail(ErrorCode::malformed, "FRAME longer than the pickle");
+            if (frame_end_ != 0 && opcode_offset_ < frame_end_) {
+                fail(ErrorCode::malformed, "FRAME starts before the previous frame ends");
+            }
+            frame_end_ = position_ + in.position() + static_cast<std::size_t>(length);
             break;
         }
         case STOP:
@@ -510,6 +518,14 @@ bool PickleVm::step(std::uint8_t opcode) {
     }
     advance();
     return true;
+}
+
+void PickleVm::check_frame(std::uint8_t opcode) {
+    if (frame_end_ == 0 || opcode == FRAME) return;
+    if (opcode_offset_ < frame_end_ && position_ > frame_end_) {
+        fail(ErrorCode::malformed, "opcode " + hex_byte(opcode) + " straddles the end of its FRAME");
+    }
+    if (position_ >= frame_end_) frame_end_ = 0;
 }
 
 void PickleVm::op_long(std::span<const std::byte> le_bytes) {

@@ -59,6 +59,7 @@ class PickleVm {
     void op_text_float(std::string_view text);
     void op_text_string(std::string_view text);
     void op_text_unicode(std::string_view text);
+    void check_frame(std::uint8_t opcode);
     void memo_put(std::uint64_t index);
     void memo_get(std::uint64_t index);
 
@@ -76,6 +77,7 @@ class PickleVm {
     PickleInfo info_;
     std::size_t opcode_offset_ = 0;
     std::size_t position_ = 0;
+    std::size_t frame_end_ = 0;  // 0: not inside a FRAME
 };
 
 // True when the text is valid UTF-8 with no encoded surrogates.
