@@ -66,9 +66,12 @@ std::vector<TensorSource> tensor_sources(const FlattenedObject& flat,
     return out;
 }
 
-std::map<std::string, std::string> build_metadata(const FlattenedObject& flat, InputFormat format) {
+std::map<std::string, std::string> build_metadata(const FlattenedObject& flat, InputFormat format,
+                                                  const PickleInfo& pickle) {
     std::map<std::string, std::string> metadata{
         {std::string(kMetaFormat), "pt"},
+        {std::string(kMetaGlobals), nlohmann::json(pickle.globals).dump()},
+        {std::string(kMetaProtocol), std::to_string(pickle.protocol)},
         {std::string(kMetaObject), flat.description.dump()},
         {std::string(kMetaSource), std::string(to_string(format))},
     };
@@ -116,7 +119,7 @@ Conversion Conversion::plan(std::span<const std::byte> input, const Policy& poli
     conversion.format_ = parsed.format;
     conversion.protocol_ = parsed.read.pickle.protocol;
     conversion.globals_ = parsed.read.pickle.globals;
-    conversion.metadata_ = build_metadata(flat, parsed.format);
+    conversion.metadata_ = build_metadata(flat, parsed.format, parsed.read.pickle);
     conversion.layout_ = SafetensorsLayout::plan(tensor_sources(flat, owned.storages),
                                                  conversion.metadata_, owned.limits);
     return conversion;

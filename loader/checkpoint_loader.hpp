@@ -24,6 +24,8 @@ inline constexpr std::string_view kMetaFormat = "format";
 inline constexpr std::string_view kMetaObject = "picklejail.object";
 inline constexpr std::string_view kMetaSource = "picklejail.source_format";
 inline constexpr std::string_view kMetaComplex128 = "picklejail.complex128";
+inline constexpr std::string_view kMetaGlobals = "picklejail.globals";
+inline constexpr std::string_view kMetaProtocol = "picklejail.pickle_protocol";
 
 class Conversion {
   public:

@@ -1,6 +1,7 @@
 // The `picklejail` command line: one function per subcommand.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 namespace picklejail::cli {
@@ -9,6 +10,8 @@ struct CommonOptions {
     std::string policy = "weights";  // name in the policy dir, or a .json path
     std::string policy_dir;          // empty: sandbox::default_policy_dir()
     std::string limits_file;         // optional JSON overrides of loader limits
+    unsigned deadline_seconds = 60;  // the worker is killed after this
+    std::uint64_t memory_bytes = 0;  // worker address-space cap; 0: 2 × input + 1 GiB
 };
 
 struct ConvertOptions {
@@ -24,5 +27,7 @@ struct InspectOptions {
 // Each returns the process exit status; failures print one line on stderr.
 [[nodiscard]] int run_convert(const CommonOptions& common, const ConvertOptions& options);
 [[nodiscard]] int run_inspect(const CommonOptions& common, const InspectOptions& options);
+// Starts confined workers that each attempt one forbidden act; 0 when all were stopped.
+[[nodiscard]] int run_selftest();
 
 }  // namespace picklejail::cli

@@ -6,7 +6,8 @@
 #include <filesystem>
 
 #include "client/cli/commands.hpp"
-#include "client/cli/conversion_job.hpp"
+#include "client/cli/sandboxed_job.hpp"
+#include "ipc/unique_fd.hpp"
 #include "client/cli/report_error.hpp"
 
 namespace picklejail::cli {
@@ -50,20 +51,14 @@ class PendingOutput {
 
 int run_convert(const CommonOptions& common, const ConvertOptions& options) {
     return report_errors([&] {
-        const auto loaded = load_checkpoint(common, options.input);
-        const std::string output =
-            options.output.empty() ? default_output(options.input) : options.output;
+        const std::string output = options.output.empty() ? default_output(options.input) : options.output;
         PendingOutput pending(output);
-        {
-            auto mapping = ipc::map_output(pending.fd(), loaded.conversion.output_size(), output);
-            loaded.conversion.write(mapping.bytes());
-        }
+        // The worker writes straight into the destination's temporary file.
+        const auto result = convert_in_sandbox(common, options.input, pending.fd());
         pending.commit();
-        std::printf("%s: %zu tensors, %llu bytes (%s, policy %s)\n", output.c_str(),
-                    loaded.conversion.layout().tensors().size(),
-                    static_cast<unsigned long long>(loaded.conversion.output_size()),
-                    std::string(loader::to_string(loaded.conversion.format())).c_str(),
-                    loaded.policy_name.c_str());
+        std::printf("%s: %llu tensors, %llu bytes (policy %s)\n", output.c_str(),
+                    static_cast<unsigned long long>(result.tensor_count),
+                    static_cast<unsigned long long>(result.output_size), common.policy.c_str());
     });
 }
 

@@ -2,7 +2,11 @@
 #include <nlohmann/json.hpp>
 
 #include "client/cli/commands.hpp"
-#include "client/cli/conversion_job.hpp"
+#include "client/cli/sandboxed_job.hpp"
+#include "ipc/file_mapping.hpp"
+#include "ipc/memfd.hpp"
+#include "ipc/safetensors_check.hpp"
+#include "loader/checkpoint_loader.hpp"
 #include "client/cli/report_error.hpp"
 
 namespace picklejail::cli {
@@ -15,26 +19,29 @@ std::string shape_text(const std::vector<std::uint64_t>& shape) {
     return out + "]";
 }
 
-nlohmann::ordered_json inspect_json(const LoadedCheckpoint& loaded) {
-    const auto& conversion = loaded.conversion;
+std::string metadata_value(const ipc::SafetensorsIndex& index, std::string_view key) {
+    const auto it = index.metadata.find(std::string(key));
+    return it == index.metadata.end() ? std::string() : it->second;
+}
+
+// Everything inspect shows comes from the checked image the worker produced.
+nlohmann::ordered_json inspect_json(const ipc::SafetensorsIndex& index, const std::string& policy) {
     nlohmann::ordered_json out;
-    out["format"] = loader::to_string(conversion.format());
-    out["pickle_protocol"] = conversion.pickle_protocol();
-    out["policy"] = loaded.policy_name;
-    out["globals"] = conversion.globals();
+    out["format"] = metadata_value(index, loader::kMetaSource);
+    out["pickle_protocol"] = std::atoi(metadata_value(index, loader::kMetaProtocol).c_str());
+    out["policy"] = policy;
+    out["globals"] = nlohmann::ordered_json::parse(metadata_value(index, loader::kMetaGlobals), nullptr, false);
+    if (!out["globals"].is_array()) out["globals"] = nlohmann::ordered_json::array();
     out["tensors"] = nlohmann::ordered_json::array();
-    for (const auto& t : conversion.layout().tensors()) {
-        out["tensors"].push_back({{"name", t.source.name},
-                                  {"dtype", t.safetensors_dtype},
-                                  {"shape", t.written_shape},
-                                  {"bytes", t.end - t.begin}});
+    for (const auto& t : index.tensors) {
+        out["tensors"].push_back({{"name", t.name}, {"dtype", t.dtype}, {"shape", t.shape}, {"bytes", t.end - t.begin}});
     }
     nlohmann::ordered_json aliases = nlohmann::ordered_json::object();
-    for (const auto& [key, value] : conversion.metadata()) {
-        if (!key.starts_with("picklejail.") && key != "format") aliases[key] = value;
+    for (const auto& [key, value] : index.metadata) {
+        if (!key.starts_with("picklejail.") && key != loader::kMetaFormat) aliases[key] = value;
     }
     out["aliases"] = aliases;
-    out["output_bytes"] = conversion.output_size();
+    out["output_bytes"] = index.data_offset + (index.tensors.empty() ? 0 : index.tensors.back().end);
     return out;
 }
 
@@ -61,8 +68,10 @@ void print_text(const nlohmann::ordered_json& report) {
 
 int run_inspect(const CommonOptions& common, const InspectOptions& options) {
     return report_errors([&] {
-        const auto loaded = load_checkpoint(common, options.input);
-        const auto report = inspect_json(loaded);
+        const auto image_fd = ipc::create_image_memfd("picklejail-inspect");
+        const auto result = convert_in_sandbox(common, options.input, image_fd.get());
+        const auto image = ipc::map_read_only(image_fd.get(), result.output_size, "image");
+        const auto report = inspect_json(ipc::check_safetensors(image.bytes()), common.policy);
         if (options.json) {
             std::printf("%s\n", report.dump(2).c_str());
         } else {

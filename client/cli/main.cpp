@@ -18,6 +18,9 @@ int main(int argc, char** argv) {
         command->add_option("--policy-dir", common.policy_dir,
                             "directory holding the policy files");
         command->add_option("--limits", common.limits_file, "JSON file overriding loader limits");
+        command->add_option("--deadline", common.deadline_seconds, "seconds before the worker is killed")
+            ->capture_default_str();
+        command->add_option("--memory", common.memory_bytes, "worker address-space cap in bytes (0: automatic)");
     };
 
     ConvertOptions convert;
@@ -34,7 +37,10 @@ int main(int argc, char** argv) {
     inspect_cmd->add_flag("--json", inspect.json, "print JSON");
     add_common(inspect_cmd);
 
+    auto* selftest_cmd = app.add_subcommand("selftest", "prove the sandbox stops forbidden acts");
+
     CLI11_PARSE(app, argc, argv);
+    if (selftest_cmd->parsed()) return run_selftest();
     if (convert_cmd->parsed()) return run_convert(common, convert);
     if (inspect_cmd->parsed()) return run_inspect(common, inspect);
     return 2;

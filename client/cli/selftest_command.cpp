@@ -1,0 +1,32 @@
+#include <cstdio>
+
+#include "client/cli/commands.hpp"
+#include "client/cli/report_error.hpp"
+#include "ipc/memfd.hpp"
+#include "sandbox/selftest_acts.hpp"
+#include "sandbox/spawner.hpp"
+
+namespace picklejail::cli {
+
+int run_selftest() {
+    int not_stopped = 0;
+    const int rc = report_errors([&] {
+        for (const auto act : sandbox::kSelftestActs) {
+            const auto scratch_in = ipc::create_image_memfd("picklejail-selftest-in");
+            const auto scratch_out = ipc::create_image_memfd("picklejail-selftest-out");
+            sandbox::SpawnOptions options;
+            options.selftest_act = std::string(act);
+            options.deadline = std::chrono::seconds(10);
+            const auto result = sandbox::run_worker(scratch_in.get(), scratch_out.get(), options);
+            const bool stopped = result.status == ErrorCode::sandbox_violation;
+            if (!stopped) ++not_stopped;
+            std::printf("%-18s %s: %s\n", std::string(act).c_str(), stopped ? "stopped" : "NOT STOPPED",
+                        sandbox::describe(result).c_str());
+        }
+    });
+    std::printf("%s\n", not_stopped == 0 && rc == 0 ? "selftest: every forbidden act was stopped"
+                                                      : "selftest: FAILED");
+    return not_stopped == 0 ? rc : 1;
+}
+
+}  // namespace picklejail::cli

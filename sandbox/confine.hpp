@@ -1,0 +1,39 @@
+// The worker's confinement steps, in the order nsjail and sandbox2 use them.
+// Each step throws Error(internal) when the kernel refuses something that
+// must succeed; optional hardening (Landlock) reports whether it applied.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+
+namespace picklejail::sandbox {
+
+struct ConfineOptions {
+    pid_t expected_parent = 0;
+    std::uint64_t address_space_bytes = 0;  // RLIMIT_AS; 0 = leave unset
+    std::uint64_t cpu_seconds = 0;          // RLIMIT_CPU; 0 = leave unset
+    std::uint64_t output_bytes = 0;         // RLIMIT_FSIZE
+    bool drop_privileges = false;           // only when started as root
+    uid_t uid = 65534;
+    gid_t gid = 65534;
+};
+
+struct ConfineReport {
+    bool namespaces = false;
+    bool landlock = false;
+};
+
+// Dies with the parent, and closes every fd above the fixed ones.
+void bind_to_parent(pid_t expected_parent);
+void close_extra_fds();
+void apply_rlimits(const ConfineOptions& options);
+// As root (the spawner created new namespaces): empty read-only root,
+// setgroups/setresgid/setresuid to the unprivileged ids, every capability gone.
+void enter_empty_root();
+void drop_to(uid_t uid, gid_t gid);
+void set_no_new_privs();
+[[nodiscard]] bool apply_landlock_deny_all();
+
+}  // namespace picklejail::sandbox

@@ -1,0 +1,19 @@
+// Forbidden acts a confined worker attempts in `picklejail selftest`: each
+// must be stopped by the sandbox; surviving one is a failure.
+#pragma once
+
+#include <array>
+#include <string_view>
+
+namespace picklejail::sandbox {
+
+inline constexpr std::array<std::string_view, 10> kSelftestActs{
+    "open_file", "socket_connect", "execve",  "fork",      "ptrace",
+    "kill",      "mprotect_exec",  "int80",   "x32_syscall", "write_foreign_fd",
+};
+
+// Attempts the act; returns only if the kernel let it through (or it failed
+// with an errno instead of being stopped), with a description of what happened.
+[[nodiscard]] std::string_view attempt_forbidden_act(std::string_view act);
+
+}  // namespace picklejail::sandbox

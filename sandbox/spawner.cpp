@@ -1,0 +1,286 @@
+#include "sandbox/spawner.hpp"
+
+#include <fcntl.h>
+#include <linux/sched.h>
+#include <poll.h>
+#include <pwd.h>
+#include <seccomp.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <csignal>
+#include <cstring>
+#include <vector>
+
+#include "ipc/file_mapping.hpp"
+#include "ipc/memfd.hpp"
+#include "ipc/result_record.hpp"
+#include "ipc/safetensors_check.hpp"
+#include "ipc/unique_fd.hpp"
+#include "sandbox/worker_fds.hpp"
+
+namespace picklejail::sandbox {
+namespace {
+
+using ipc::UniqueFd;
+
+constexpr int kStagingFd = 10;  // sources are moved above 3..5 before the child dup2s them
+constexpr std::uint64_t kHeapAllowance = 1ULL << 30;
+
+[[noreturn]] void spawn_fail(const std::string& what) {
+    throw Error(ErrorCode::internal, "cannot start the worker: " + what + ": " + std::strerror(errno));
+}
+
+UniqueFd dup_high(int fd) {
+    UniqueFd out(::fcntl(fd, F_DUPFD_CLOEXEC, kStagingFd));
+    if (!out) spawn_fail("dup");
+    return out;
+}
+
+struct Identity {
+    uid_t uid;
+    gid_t gid;
+};
+
+// The dedicated system user when it exists, else nobody.
+Identity unprivileged_identity() {
+    for (const char* name : {"picklejail", "nobody"}) {
+        if (const passwd* pw = ::getpwnam(name); pw != nullptr && pw->pw_uid != 0) return {pw->pw_uid, pw->pw_gid};
+    }
+    return {65534, 65534};
+}
+
+// A started worker: killed and reaped on every exit path.
+class ChildProcess {
+public:
+    ChildProcess(pid_t pid, UniqueFd pidfd) : pid_(pid), pidfd_(std::move(pidfd)) {}
+    ChildProcess(const ChildProcess&) = delete;
+    ChildProcess& operator=(const ChildProcess&) = delete;
+    ~ChildProcess() {
+        if (!reaped_) {
+            kill();
+            (void)reap();
+        }
+    }
+    [[nodiscard]] pid_t pid() const noexcept { return pid_; }
+    // True when the worker ended before the deadline.
+    [[nodiscard]] bool wait_until(std::chrono::milliseconds deadline) const {
+        pollfd pfd{pidfd_.get(), POLLIN, 0};
+        const auto end = std::chrono::steady_clock::now() + deadline;
+        for (;;) {
+            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
+            if (left.count() <= 0) return false;
+            const int rc = ::poll(&pfd, 1, static_cast<int>(std::min<long long>(left.count(), 1 << 30)));
+            if (rc > 0) return true;
+            if (rc < 0 && errno != EINTR) return false;
+        }
+    }
+    void kill() const { (void)::syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGKILL, nullptr, 0); }
+    struct Status {
+        int wait_status = 0;
+        rusage usage{};
+    };
+    [[nodiscard]] Status reap() {
+        Status status;
+        while (::wait4(pid_, &status.wait_status, 0, &status.usage) < 0 && errno == EINTR) {
+        }
+        reaped_ = true;
+        return status;
+    }
+
+private:
+    pid_t pid_;
+    UniqueFd pidfd_;
+    bool reaped_ = false;
+};
+
+struct PreparedExec {
+    std::vector<std::string> args;
+    std::vector<char*> argv;
+    std::array<char*, 1> envp{nullptr};
+};
+
+PreparedExec prepare_exec(const SpawnOptions& options, std::uint64_t input_size, bool drop) {
+    PreparedExec exec;
+    const auto worker = options.worker.empty() ? default_worker_path() : options.worker;
+    // In a new PID namespace getppid() is 0, so the reparenting check is skipped.
+    exec.args = {worker.string(), "--parent", drop ? "0" : std::to_string(::getpid())};
+    const auto add = [&exec](const std::string& flag, const std::string& value) {
+        exec.args.push_back(flag);
+        exec.args.push_back(value);
+    };
+    if (options.selftest_act) add("--selftest", *options.selftest_act);
+    if (!options.policy_json.empty()) add("--policy-json", options.policy_json);
+    if (!options.limits_json.empty()) add("--limits-json", options.limits_json);
+    const std::uint64_t memory = options.memory_bytes != 0 ? options.memory_bytes : 2 * input_size + kHeapAllowance;
+    add("--address-space", std::to_string(memory));
+    const auto cpu = std::chrono::duration_cast<std::chrono::seconds>(options.deadline).count() + 1;
+    add("--cpu-seconds", std::to_string(cpu));
+    add("--output-bytes", std::to_string(options.output_bytes));
+    if (drop) {
+        const auto id = unprivileged_identity();
+        add("--drop-to-uid", std::to_string(id.uid));
+        add("--drop-to-gid", std::to_string(id.gid));
+    }
+    for (auto& arg : exec.args) exec.argv.push_back(arg.data());
+    exec.argv.push_back(nullptr);
+    return exec;
+}
+
+// In the child between clone and exec only async-signal-safe calls happen.
+[[noreturn]] void exec_child(const PreparedExec& exec, int in, int out, int result, int devnull) {
+    if (::dup2(devnull, 0) < 0 || ::dup2(devnull, 1) < 0 || ::dup2(devnull, 2) < 0 ||
+        ::dup2(in, kInputFd) < 0 || ::dup2(out, kOutputFd) < 0 || ::dup2(result, kResultFd) < 0) {
+        ::_exit(127);
+    }
+    ::syscall(SYS_close_range, kFirstUnusedFd, ~0U, 0);
+    ::execve(exec.argv[0], exec.argv.data(), const_cast<char* const*>(exec.envp.data()));
+    ::_exit(127);
+}
+
+ChildProcess start_child(const PreparedExec& exec, int in, int out, int result, bool isolate) {
+    UniqueFd devnull(::open("/dev/null", O_RDWR | O_CLOEXEC));
+    if (!devnull) spawn_fail("open /dev/null");
+    int pidfd = -1;
+    clone_args args{};
+    args.flags = CLONE_PIDFD;
+    if (isolate) args.flags |= CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWPID;
+    args.pidfd = reinterpret_cast<std::uint64_t>(&pidfd);
+    args.exit_signal = SIGCHLD;
+    const long pid = ::syscall(SYS_clone3, &args, sizeof args);
+    if (pid < 0) spawn_fail("clone3");
+    if (pid == 0) exec_child(exec, in, out, result, devnull.get());
+    return ChildProcess(static_cast<pid_t>(pid), UniqueFd(pidfd));
+}
+
+std::string read_result(int fd) {
+    std::array<char, sizeof(ipc::ResultRecord) + 1> buffer{};
+    std::size_t total = 0;
+    for (;;) {
+        const ssize_t n = ::read(fd, buffer.data() + total, buffer.size() - total);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        total += static_cast<std::size_t>(n);
+        if (total == buffer.size()) break;
+    }
+    return {buffer.data(), total};
+}
+
+JobResult classify(const ChildProcess::Status& status, bool timed_out, const std::string& record_bytes) {
+    JobResult result;
+    result.peak_rss_kib = static_cast<std::uint64_t>(status.usage.ru_maxrss);
+    const auto record = ipc::decode_result(std::as_bytes(std::span(record_bytes.data(), record_bytes.size())));
+    if (timed_out) {
+        result.status = ErrorCode::timeout;
+        result.message = "the worker ran past its deadline and was killed";
+        return result;
+    }
+    if (record && record->status == ErrorCode::sandbox_violation) {
+        result.status = ErrorCode::sandbox_violation;
+        result.syscall = record->syscall;
+        result.message = "the worker attempted a forbidden system call";
+        return result;
+    }
+    if (WIFSIGNALED(status.wait_status)) {
+        result.signal = WTERMSIG(status.wait_status);
+        switch (result.signal) {
+            case SIGSYS:
+                result.status = ErrorCode::sandbox_violation;
+                result.message = "the worker was killed by the seccomp filter (foreign architecture or blocked handler)";
+                break;
+            case SIGXCPU:
+            case SIGXFSZ:
+                result.status = ErrorCode::resource_exceeded;
+                result.message = std::string("the worker exceeded its ") + (result.signal == SIGXCPU ? "CPU time" : "output size") + " limit";
+                break;
+            case SIGKILL:
+                result.status = ErrorCode::resource_exceeded;
+                result.message = "the worker was killed (CPU hard limit or out of memory)";
+                break;
+            default:
+                result.status = ErrorCode::worker_crashed;
+                result.message = std::string("the worker crashed with signal ") + ::sigabbrev_np(result.signal);
+        }
+        return result;
+    }
+    if (!record) {
+        result.status = ErrorCode::worker_crashed;
+        result.message = "the worker exited with status " + std::to_string(WEXITSTATUS(status.wait_status)) +
+                         (WEXITSTATUS(status.wait_status) == 127 ? " (could not exec picklejail-worker)" : " without a valid result");
+        return result;
+    }
+    result.status = record->status;
+    result.message = record->message;
+    result.output_size = record->output_size;
+    result.tensor_count = record->tensor_count;
+    return result;
+}
+
+// The worker is gone; freeze what it wrote and check it before anyone uses it.
+void verify_output(int output_fd, JobResult& result) {
+    if (ipc::is_memfd(output_fd)) ipc::seal_image(output_fd);
+    const auto size = ipc::regular_file_size(output_fd, "worker output");
+    if (size != result.output_size) {
+        result.status = ErrorCode::worker_crashed;
+        result.message = "the worker's output size does not match its result record";
+        return;
+    }
+    try {
+        const auto image = ipc::map_read_only(output_fd, size, "worker output");
+        (void)ipc::check_safetensors(image.bytes());
+    } catch (const Error& e) {
+        result.status = ErrorCode::worker_crashed;
+        result.message = std::string("the worker produced an invalid safetensors image: ") + e.what();
+    }
+}
+
+}  // namespace
+
+std::filesystem::path default_worker_path() {
+    if (const char* env = std::getenv("PICKLEJAIL_WORKER"); env != nullptr && *env != '\0') return env;
+    std::error_code ec;
+    const auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+    return (ec ? std::filesystem::path(".") : exe.parent_path()) / "picklejail-worker";
+}
+
+JobResult run_worker(int input_fd, int output_fd, const SpawnOptions& options,
+                     void (*on_started)(pid_t, void*), void* on_started_context) {
+    const std::uint64_t input_size = options.selftest_act ? 0 : ipc::regular_file_size(input_fd, "input");
+    const bool isolate = options.isolate && ::geteuid() == 0;
+    const PreparedExec exec = prepare_exec(options, input_size, isolate);
+    int pipe_fds[2];
+    if (::pipe2(pipe_fds, O_CLOEXEC) != 0) spawn_fail("pipe2");
+    UniqueFd result_read(pipe_fds[0]);
+    UniqueFd result_write(pipe_fds[1]);
+    const UniqueFd in = dup_high(input_fd);
+    const UniqueFd out = dup_high(output_fd);
+    UniqueFd result_fd = dup_high(result_write.get());
+    ChildProcess child = start_child(exec, in.get(), out.get(), result_fd.get(), isolate);
+    result_write.reset();  // only the worker holds the write end now, so EOF means it is gone
+    result_fd.reset();
+    if (on_started != nullptr) on_started(child.pid(), on_started_context);
+
+    const bool finished = child.wait_until(options.deadline);
+    if (!finished) child.kill();
+    const auto status = child.reap();
+    JobResult result = classify(status, !finished, read_result(result_read.get()));
+    result.isolated = isolate;
+    result.pid = child.pid();
+    if (result.status == ErrorCode::ok && !options.selftest_act) verify_output(output_fd, result);
+    return result;
+}
+
+std::string describe(const JobResult& result) {
+    std::string text = result.message;
+    if (result.syscall >= 0) {
+        char* name = seccomp_syscall_resolve_num_arch(SCMP_ARCH_NATIVE, result.syscall);
+        text += " " + std::to_string(result.syscall) + (name ? " (" + std::string(name) + ")" : std::string());
+        std::free(name);
+    }
+    return text;
+}
+
+}  // namespace picklejail::sandbox

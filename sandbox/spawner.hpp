@@ -1,0 +1,55 @@
+// Runs one job in a fresh picklejail-worker: exec with fds 3/4/5, a
+// deadline enforced through a pidfd, a memory cap, and every way a worker
+// can end mapped to one error code. Used by the CLI and the daemon.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+
+#include "common/error.hpp"
+
+namespace picklejail::sandbox {
+
+struct SpawnOptions {
+    std::filesystem::path worker;           // empty: default_worker_path()
+    std::string policy_json;                // self-contained policy text
+    std::string limits_json;                // optional loader limit overrides
+    std::chrono::milliseconds deadline{60'000};
+    std::uint64_t memory_bytes = 0;         // RLIMIT_AS; 0: 2 × input + 1 GiB
+    std::uint64_t output_bytes = 1ULL << 40;  // RLIMIT_FSIZE on the output
+    std::optional<std::string> selftest_act;  // run a forbidden act instead of a job
+    bool isolate = true;                    // as root: namespaces + unprivileged uid
+};
+
+struct JobResult {
+    ErrorCode status = ErrorCode::internal;
+    std::string message;
+    int syscall = -1;          // sandbox_violation: the refused syscall number
+    int signal = 0;            // the signal that ended the worker, if any
+    std::uint64_t output_size = 0;
+    std::uint64_t tensor_count = 0;
+    std::uint64_t peak_rss_kib = 0;
+    bool isolated = false;     // namespaces and uid switch were applied
+    pid_t pid = 0;             // for diagnostics and tests (already reaped)
+};
+
+// <dir of this executable>/picklejail-worker, or $PICKLEJAIL_WORKER.
+[[nodiscard]] std::filesystem::path default_worker_path();
+
+// Runs the worker on `input_fd`, writing into `output_fd` (a memfd, sealed
+// here after the worker exits, or a regular file). On success the output is
+// verified with the safetensors checker before the result says ok.
+// `on_started` (optional) is called with the worker's pid while it runs.
+[[nodiscard]] JobResult run_worker(int input_fd, int output_fd, const SpawnOptions& options,
+                                   void (*on_started)(pid_t, void*) = nullptr,
+                                   void* on_started_context = nullptr);
+
+// "sandbox_violation: forbidden system call 41 (socket)"-style one-liner.
+[[nodiscard]] std::string describe(const JobResult& result);
+
+}  // namespace picklejail::sandbox

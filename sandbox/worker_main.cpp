@@ -1,0 +1,134 @@
+// picklejail-worker: exec'd fresh for one job by the spawner, with fd 3 the
+// checkpoint, fd 4 the output, fd 5 the result pipe. It confines itself
+// completely before it reads a single byte of the checkpoint, converts it,
+// writes the safetensors image to fd 4 and one result record to fd 5.
+#include <unistd.h>
+
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <map>
+#include <new>
+#include <string>
+
+#include "common/error.hpp"
+#include "ipc/file_mapping.hpp"
+#include "ipc/result_record.hpp"
+#include "loader/checkpoint_loader.hpp"
+#include "sandbox/confine.hpp"
+#include "sandbox/seccomp_policy.hpp"
+#include "sandbox/selftest_acts.hpp"
+#include "sandbox/worker_fds.hpp"
+
+namespace {
+
+using picklejail::Error;
+using picklejail::ErrorCode;
+namespace sandbox = picklejail::sandbox;
+namespace loader = picklejail::loader;
+namespace ipc = picklejail::ipc;
+
+struct WorkerArgs {
+    std::string policy_json;
+    std::string limits_json;
+    std::string selftest;
+    sandbox::ConfineOptions confine;
+};
+
+std::uint64_t parse_number(const std::string& text, const std::string& flag) {
+    std::uint64_t value = 0;
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (ec != std::errc{} || end != text.data() + text.size()) {
+        throw Error(ErrorCode::invalid_request, "worker: bad number for " + flag);
+    }
+    return value;
+}
+
+// The spawner is the only caller; flags come in "--name value" pairs.
+WorkerArgs parse_args(int argc, char** argv) {
+    std::map<std::string, std::string> flags;
+    for (int i = 1; i + 1 < argc; i += 2) flags[argv[i]] = argv[i + 1];
+    if ((argc - 1) % 2 != 0) throw Error(ErrorCode::invalid_request, "worker: flags must come in pairs");
+    WorkerArgs args;
+    args.policy_json = flags["--policy-json"];
+    args.limits_json = flags["--limits-json"];
+    args.selftest = flags["--selftest"];
+    auto& c = args.confine;
+    if (flags.count("--parent")) c.expected_parent = static_cast<pid_t>(parse_number(flags["--parent"], "--parent"));
+    if (flags.count("--address-space")) c.address_space_bytes = parse_number(flags["--address-space"], "--address-space");
+    if (flags.count("--cpu-seconds")) c.cpu_seconds = parse_number(flags["--cpu-seconds"], "--cpu-seconds");
+    if (flags.count("--output-bytes")) c.output_bytes = parse_number(flags["--output-bytes"], "--output-bytes");
+    if (flags.count("--drop-to-uid")) {
+        c.drop_privileges = true;
+        c.uid = static_cast<uid_t>(parse_number(flags["--drop-to-uid"], "--drop-to-uid"));
+        c.gid = static_cast<gid_t>(parse_number(flags.count("--drop-to-gid") ? flags["--drop-to-gid"] : "65534", "--drop-to-gid"));
+    }
+    if (args.policy_json.empty() && args.selftest.empty()) throw Error(ErrorCode::invalid_request, "worker: --policy-json is required");
+    return args;
+}
+
+void send_result(const ipc::ResultRecord& record) { (void)!::write(sandbox::kResultFd, &record, sizeof record); }
+
+// Everything up to and including the seccomp load; no checkpoint byte has
+// been read when this returns.
+void confine(const WorkerArgs& args, sandbox::SeccompFilter& filter) {
+    sandbox::apply_rlimits(args.confine);
+    if (args.confine.drop_privileges) {
+        sandbox::enter_empty_root();
+        sandbox::drop_to(args.confine.uid, args.confine.gid);
+    }
+    sandbox::set_no_new_privs();
+    (void)sandbox::apply_landlock_deny_all();
+    filter.load();
+}
+
+int convert(const WorkerArgs& args) {
+    const auto policy = loader::Policy::from_json(args.policy_json);
+    const auto limits = args.limits_json.empty() ? loader::Limits{} : loader::limits_from_json(args.limits_json);
+    auto filter = sandbox::SeccompFilter::worker_policy();
+    // Mapping is not reading: the pages are touched only after confinement.
+    const auto input_size = ipc::regular_file_size(sandbox::kInputFd, "input");
+    const auto input = ipc::map_read_only(sandbox::kInputFd, input_size, "input");
+    confine(args, filter);
+
+    const auto conversion = loader::Conversion::plan(input.bytes(), policy, limits);
+    {
+        auto output = ipc::map_output(sandbox::kOutputFd, conversion.output_size(), "output");
+        conversion.write(output.bytes());
+    }
+    send_result(ipc::make_result(ErrorCode::ok, "", conversion.output_size(), conversion.layout().tensors().size()));
+    return 0;
+}
+
+int selftest(const WorkerArgs& args) {
+    auto filter = sandbox::SeccompFilter::worker_policy();
+    confine(args, filter);
+    const auto outcome = sandbox::attempt_forbidden_act(args.selftest);
+    send_result(ipc::make_result(ErrorCode::ok, "NOT STOPPED: " + std::string(outcome)));
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    int status = 1;
+    try {
+        sandbox::install_violation_reporter();
+        const WorkerArgs args = parse_args(argc, argv);
+        sandbox::bind_to_parent(args.confine.expected_parent);
+        sandbox::close_extra_fds();
+        status = args.selftest.empty() ? convert(args) : selftest(args);
+    } catch (const Error& e) {
+        ErrorCode code = e.code();
+        if (code == ErrorCode::io_error && std::strstr(e.what(), std::strerror(ENOMEM)) != nullptr) {
+            code = ErrorCode::resource_exceeded;
+        }
+        send_result(ipc::make_result(code, e.what()));
+    } catch (const std::bad_alloc&) {
+        send_result(ipc::make_result(ErrorCode::resource_exceeded, "worker ran out of memory (address-space limit)"));
+    } catch (const std::exception& e) {
+        send_result(ipc::make_result(ErrorCode::internal, e.what()));
+    }
+    // _exit: no atexit handlers or stdio flushing, which would make syscalls.
+    ::_exit(status);
+}
