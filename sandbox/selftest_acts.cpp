@@ -10,6 +10,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cstdint>
+#include <cstring>
+
 namespace picklejail::sandbox {
 namespace {
 
@@ -67,6 +70,18 @@ std::string_view attempt_forbidden_act(std::string_view act) {
     }
     if (act == "write_foreign_fd") {
         return ::write(1, "x", 1) == 1 ? "wrote to fd 1" : "write failed with an errno";
+    }
+    // Test-only behaviours (not forbidden acts): a worker that never ends, and
+    // one that allocates until its address-space limit stops it.
+    if (act == "spin") {
+        volatile std::uint64_t counter = 0;
+        for (;;) counter = counter + 1U;
+    }
+    if (act == "exhaust_memory") {
+        for (;;) {
+            auto* block = new char[64 << 20];
+            std::memset(block, 1, 64 << 20);
+        }
     }
     return "unknown act";
 }

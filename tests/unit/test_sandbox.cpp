@@ -1,0 +1,180 @@
+// Real workers, real seccomp: every forbidden act dies, a running worker is
+// confined as /proc shows, deadlines and memory caps end jobs with the right
+// code, and nothing (process, fd) is left behind.
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "ipc/memfd.hpp"
+#include "sandbox/policy_files.hpp"
+#include "sandbox/selftest_acts.hpp"
+#include "sandbox/spawner.hpp"
+
+namespace {
+
+using namespace picklejail;
+
+sandbox::SpawnOptions base_options() {
+    sandbox::SpawnOptions options;
+    options.worker = std::string(PICKLEJAIL_BINARY_DIR) + "/bin/picklejail-worker";
+    options.deadline = std::chrono::seconds(10);
+    return options;
+}
+
+std::size_t open_fd_count() {
+    std::size_t count = 0;
+    DIR* dir = ::opendir("/proc/self/fd");
+    while (dirent* entry = ::readdir(dir)) count += entry->d_name[0] != '.';
+    ::closedir(dir);
+    return count;
+}
+
+bool has_children() {
+    std::ifstream in("/proc/self/task/" + std::to_string(::getpid()) + "/children");
+    std::string text;
+    std::getline(in, text);
+    return !text.empty();
+}
+
+sandbox::JobResult run_act(const std::string& act, sandbox::SpawnOptions options = base_options()) {
+    const auto in = ipc::create_image_memfd("test-in");
+    const auto out = ipc::create_image_memfd("test-out");
+    options.selftest_act = act;
+    return sandbox::run_worker(in.get(), out.get(), options);
+}
+
+std::string read_file(const std::string& path) {
+    std::ifstream in(path);
+    std::ostringstream text;
+    text << in.rdbuf();
+    return text.str();
+}
+
+std::string status_field(const std::string& status, const std::string& field) {
+    const auto at = status.find(field + ":");
+    if (at == std::string::npos) return {};
+    const auto end = status.find('\n', at);
+    std::string value = status.substr(at + field.size() + 1, end - at - field.size() - 1);
+    value.erase(0, value.find_first_not_of(" \t"));
+    return value;
+}
+
+struct Observation {
+    std::string status;
+    std::vector<std::string> fds;
+    std::string pid_ns;
+    std::string net_ns;
+};
+
+}  // namespace
+
+TEST_CASE("sandbox: every forbidden act is stopped", "[sandbox]") {
+    const auto fds_before = open_fd_count();
+    for (const auto act : sandbox::kSelftestActs) {
+        INFO("act " << act);
+        const auto result = run_act(std::string(act));
+        CHECK(result.status == ErrorCode::sandbox_violation);
+    }
+    CHECK(open_fd_count() == fds_before);
+    CHECK_FALSE(has_children());
+}
+
+TEST_CASE("sandbox: a violation reports the refused syscall", "[sandbox]") {
+    const auto result = run_act("socket_connect");
+    REQUIRE(result.status == ErrorCode::sandbox_violation);
+    CHECK(result.syscall == 41);  // socket on x86_64
+    CHECK(sandbox::describe(result).find("socket") != std::string::npos);
+}
+
+TEST_CASE("sandbox: a running worker is confined", "[sandbox]") {
+    auto options = base_options();
+    options.deadline = std::chrono::milliseconds(4000);
+    Observation seen;
+    const auto observe = [](pid_t pid, void* context) {
+        auto& out = *static_cast<Observation*>(context);
+        const std::string proc = "/proc/" + std::to_string(pid);
+        // Confinement finishes within milliseconds of exec; wait for the filter.
+        for (int i = 0; i < 300 && status_field(out.status, "Seccomp") != "2"; ++i) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+            out.status = read_file(proc + "/status");
+        }
+        if (DIR* dir = ::opendir((proc + "/fd").c_str())) {
+            while (dirent* entry = ::readdir(dir)) {
+                if (entry->d_name[0] != '.') out.fds.push_back(entry->d_name);
+            }
+            ::closedir(dir);
+        }
+        char link[256] = {};
+        if (::readlink((proc + "/ns/pid").c_str(), link, sizeof link - 1) > 0) out.pid_ns = link;
+        std::fill(std::begin(link), std::end(link), '\0');
+        if (::readlink((proc + "/ns/net").c_str(), link, sizeof link - 1) > 0) out.net_ns = link;
+    };
+    const auto in = ipc::create_image_memfd("test-in");
+    const auto out = ipc::create_image_memfd("test-out");
+    options.selftest_act = "spin";
+    const auto result = sandbox::run_worker(in.get(), out.get(), options, observe, &seen);
+
+    CHECK(result.status == ErrorCode::timeout);  // spin never ends: the deadline kills it
+    CHECK(status_field(seen.status, "Seccomp") == "2");
+    CHECK(status_field(seen.status, "NoNewPrivs") == "1");
+    if (::geteuid() == 0) {
+        CHECK(result.isolated);
+        const auto uid = status_field(seen.status, "Uid");
+        CHECK(uid.substr(0, uid.find_first_of(" \t")) != "0");
+        CHECK(status_field(seen.status, "CapEff") == "0000000000000000");
+        char own[256] = {};
+        REQUIRE(::readlink("/proc/self/ns/pid", own, sizeof own - 1) > 0);
+        CHECK(seen.pid_ns != std::string(own));
+        std::fill(std::begin(own), std::end(own), '\0');
+        REQUIRE(::readlink("/proc/self/ns/net", own, sizeof own - 1) > 0);
+        CHECK(seen.net_ns != std::string(own));
+        std::sort(seen.fds.begin(), seen.fds.end());
+        CHECK(seen.fds == std::vector<std::string>{"0", "1", "2", "3", "4", "5"});
+    }
+    CHECK_FALSE(has_children());
+}
+
+TEST_CASE("sandbox: the memory cap ends a hungry worker", "[sandbox]") {
+    auto options = base_options();
+    options.memory_bytes = 256ULL << 20;
+    const auto result = run_act("exhaust_memory", options);
+    CHECK(result.status == ErrorCode::resource_exceeded);
+    CHECK_FALSE(has_children());
+}
+
+TEST_CASE("sandbox: fixtures convert through the worker as in-process", "[sandbox]") {
+    auto options = base_options();
+    options.policy_json = sandbox::load_policy_text("weights", std::string(PICKLEJAIL_SOURCE_DIR) + "/policies");
+    const auto fds_before = open_fd_count();
+    for (const std::string file : {"torch-2.11/train_checkpoint.pt", "torch-1.13/legacy_format.pt", "torch-2.11/dtypes.pt"}) {
+        INFO(file);
+        const auto path = std::string(PICKLEJAIL_SOURCE_DIR) + "/tests/fixtures/" + file;
+        const int in = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        REQUIRE(in >= 0);
+        const auto out = ipc::create_image_memfd("test-out");
+        const auto result = sandbox::run_worker(in, out.get(), options);
+        ::close(in);
+        CHECK(result.status == ErrorCode::ok);
+        CHECK(ipc::is_sealed_image(out.get()));
+        struct stat st {};
+        REQUIRE(::fstat(out.get(), &st) == 0);
+        CHECK(static_cast<std::uint64_t>(st.st_size) == result.output_size);
+    }
+    {
+        const auto path = std::string(PICKLEJAIL_SOURCE_DIR) + "/tests/fixtures/torch-2.11/whole_module.pt";
+        const int in = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        const auto out = ipc::create_image_memfd("test-out");
+        const auto rejected = sandbox::run_worker(in, out.get(), options);
+        ::close(in);
+        CHECK(rejected.status == ErrorCode::forbidden_global);
+        CHECK(rejected.message.find("torch.nn.modules.container.Sequential") != std::string::npos);
+    }
+    CHECK(open_fd_count() == fds_before);
+    CHECK_FALSE(has_children());
+}
