@@ -17,7 +17,7 @@ struct Limits {
     std::uint64_t max_nesting_depth = 1'000;       // containers within containers
     std::uint64_t max_string_bytes = 64ULL << 20;  // one str/bytes value
     std::uint64_t max_int_bytes = 64;              // LONG1/LONG4 payload
-    std::uint64_t max_objects = 10'000'000;        // values created + visited
+    std::uint64_t max_objects = 2'000'000;         // values created + visited
     std::uint64_t max_tensors = 1'000'000;
     std::uint64_t max_ndim = 64;
     std::uint64_t max_header_bytes = 64ULL << 20;  // safetensors JSON header
