@@ -21,7 +21,8 @@ UniqueFd create_image_memfd(const char* name) {
 
 void seal_image(int fd) {
     if (::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) != 0) {
-        throw Error(ErrorCode::io_error, std::string("cannot seal the output memfd: ") + std::strerror(errno));
+        throw Error(ErrorCode::io_error,
+                    std::string("cannot seal the output memfd: ") + std::strerror(errno));
     }
 }
 
@@ -30,6 +31,8 @@ bool is_sealed_image(int fd) noexcept {
     return seals >= 0 && (static_cast<unsigned>(seals) & kImageSeals) == kImageSeals;
 }
 
-bool is_memfd(int fd) noexcept { return ::fcntl(fd, F_GET_SEALS) >= 0; }
+bool is_memfd(int fd) noexcept {
+    return ::fcntl(fd, F_GET_SEALS) >= 0;
+}
 
 }  // namespace picklejail::ipc

@@ -9,7 +9,8 @@
 
 namespace picklejail::ipc {
 
-inline constexpr unsigned kImageSeals = 0x0001 | 0x0002 | 0x0004 | 0x0008;  // SEAL|SHRINK|GROW|WRITE
+inline constexpr unsigned kImageSeals =
+    0x0001 | 0x0002 | 0x0004 | 0x0008;  // SEAL|SHRINK|GROW|WRITE
 
 [[nodiscard]] UniqueFd create_image_memfd(const char* name);
 // Adds F_SEAL_WRITE|F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_SEAL; throws io_error.

@@ -28,8 +28,12 @@ std::optional<DecodedResult> decode_result(std::span<const std::byte> bytes) {
     for (char& c : message) {
         if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
     }
-    return DecodedResult{static_cast<ErrorCode>(record.status), std::move(message), record.syscall,
-                         record.output_size, record.tensor_count, record.peak_rss_kib};
+    return DecodedResult{static_cast<ErrorCode>(record.status),
+                         std::move(message),
+                         record.syscall,
+                         record.output_size,
+                         record.tensor_count,
+                         record.peak_rss_kib};
 }
 
 }  // namespace picklejail::ipc

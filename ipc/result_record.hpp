@@ -18,11 +18,11 @@ inline constexpr std::size_t kResultMessageBytes = 3072;
 
 struct ResultRecord {
     std::uint32_t magic = kResultMagic;
-    std::uint8_t status = 0;         // ErrorCode
+    std::uint8_t status = 0;  // ErrorCode
     std::uint8_t reserved[3] = {};
-    std::int32_t syscall = -1;       // the refused syscall, for sandbox_violation
+    std::int32_t syscall = -1;  // the refused syscall, for sandbox_violation
     std::uint32_t message_length = 0;
-    std::uint64_t output_size = 0;   // bytes of safetensors image written to fd 4
+    std::uint64_t output_size = 0;  // bytes of safetensors image written to fd 4
     std::uint64_t tensor_count = 0;
     std::uint64_t peak_rss_kib = 0;
     std::array<char, kResultMessageBytes> message{};

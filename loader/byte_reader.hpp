@@ -27,8 +27,8 @@ class ByteReader {
         if (count > remaining()) {
             throw Error(ErrorCode::malformed,
                         std::string(what) + " runs past the end of the data (offset " +
-                            std::to_string(base_ + pos_) + ", needs " + std::to_string(count) + " bytes, " +
-                            std::to_string(remaining()) + " left)");
+                            std::to_string(base_ + pos_) + ", needs " + std::to_string(count) +
+                            " bytes, " + std::to_string(remaining()) + " left)");
         }
         auto out = bytes_.subspan(pos_, static_cast<std::size_t>(count));
         pos_ += static_cast<std::size_t>(count);

@@ -26,7 +26,7 @@ constexpr std::array<DTypeInfo, 19> kTable{{
     {DType::float8_e4m3fnuz, "float8_e4m3fnuz", "", "F8_E4M3FNUZ", 1, 1, 9},
     {DType::float8_e5m2fnuz, "float8_e5m2fnuz", "", "F8_E5M2FNUZ", 1, 1, 10},
     {DType::complex64, "complex64", "ComplexFloatStorage", "C64", 8, 4, 18},
-    {DType::complex128, "complex128", "ComplexDoubleStorage", "F64", 16, 8, 19},
+    {DType::complex128, "complex128", "ComplexDoubleStorage", "F64", 16, 8, 20},  // written as F64
 }};
 
 struct Alias {

@@ -523,7 +523,8 @@ bool PickleVm::step(std::uint8_t opcode) {
 void PickleVm::check_frame(std::uint8_t opcode) {
     if (frame_end_ == 0 || opcode == FRAME) return;
     if (opcode_offset_ < frame_end_ && position_ > frame_end_) {
-        fail(ErrorCode::malformed, "opcode " + hex_byte(opcode) + " straddles the end of its FRAME");
+        fail(ErrorCode::malformed,
+             "opcode " + hex_byte(opcode) + " straddles the end of its FRAME");
     }
     if (position_ >= frame_end_) frame_end_ = 0;
 }
@@ -712,8 +713,12 @@ void PickleVm::op_inst(std::string_view module, std::string_view name) {
     auto args = pop_mark();
     op_global(module, name);
     auto cls = pop();
+    // op_global pushes a value, not a GlobalValue, for dtype globals (torch.float32).
+    const auto* global = cls->as<GlobalValue>();
+    if (global == nullptr)
+        fail(ErrorCode::malformed, "INST on a " + describe(*cls) + ", not a class");
     auto args_tuple = ctx_.arena.make(TupleValue{std::move(args)});
-    push(call_global(*cls->as<GlobalValue>(), args_tuple, ctx_));
+    push(call_global(*global, args_tuple, ctx_));
 }
 
 void PickleVm::op_obj() {

@@ -73,6 +73,20 @@ bool unsafe_name(std::string_view name) {
     return false;
 }
 
+// A deflated entry may not claim more than max_inflate_ratio × its compressed
+// size. Checked when the directory is read, before any buffer of the claimed
+// size is allocated, and again when inflating.
+void check_inflate_ratio(const ZipEntry& entry, const Limits& limits) {
+    const std::uint64_t ratio_cap =
+        checked_mul(std::max<std::uint64_t>(entry.compressed_size, 1024), limits.max_inflate_ratio,
+                    "inflate limit");
+    if (entry.uncompressed_size > ratio_cap) {
+        throw Error(ErrorCode::too_large, "zip entry \"" + entry.name + "\" inflates more than " +
+                                              std::to_string(limits.max_inflate_ratio) +
+                                              "× (limit max_inflate_ratio): a zip bomb?");
+    }
+}
+
 }  // namespace
 
 bool looks_like_zip(std::span<const std::byte> bytes) noexcept {
@@ -131,6 +145,7 @@ void ZipArchive::read_directory() {
         entry.method = static_cast<std::uint16_t>(file_info.compression_method);
         entry.compressed_size = file_info.compressed_size;
         entry.uncompressed_size = file_info.uncompressed_size;
+        if (entry.method == Z_DEFLATED) check_inflate_ratio(entry, limits_);
         unz64_file_pos pos{};
         unzGetFilePos64(zip, &pos);
         entry.directory_position = pos.pos_in_zip_directory;
@@ -191,14 +206,7 @@ std::span<const std::byte> ZipArchive::stored_bytes(const ZipEntry& entry) {
 void ZipArchive::inflate(const ZipEntry& entry, std::span<std::byte> out) {
     if (out.size() != entry.uncompressed_size)
         throw Error(ErrorCode::internal, "inflate buffer size mismatch");
-    const std::uint64_t ratio_cap =
-        checked_mul(std::max<std::uint64_t>(entry.compressed_size, 1024), limits_.max_inflate_ratio,
-                    "inflate limit");
-    if (entry.uncompressed_size > ratio_cap) {
-        throw Error(ErrorCode::too_large, "zip entry \"" + entry.name + "\" inflates more than " +
-                                              std::to_string(limits_.max_inflate_ratio) +
-                                              "× (limit max_inflate_ratio): a zip bomb?");
-    }
+    check_inflate_ratio(entry, limits_);
     open_entry(entry);
     auto* zip = static_cast<unzFile>(handle_);
     std::size_t done = 0;

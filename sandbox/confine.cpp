@@ -23,7 +23,8 @@ namespace picklejail::sandbox {
 namespace {
 
 [[noreturn]] void refuse(const std::string& step) {
-    throw Error(ErrorCode::internal, "confinement step failed: " + step + ": " + std::strerror(errno));
+    throw Error(ErrorCode::internal,
+                "confinement step failed: " + step + ": " + std::strerror(errno));
 }
 
 void set_limit(int resource, std::uint64_t value, const char* name) {
@@ -52,18 +53,22 @@ void apply_rlimits(const ConfineOptions& options) {
     if (options.output_bytes != 0) set_limit(RLIMIT_FSIZE, options.output_bytes, "RLIMIT_FSIZE");
     if (options.cpu_seconds != 0) {
         // Soft limit sends SIGXCPU; the hard limit one second later kills.
-        const rlimit cpu{static_cast<rlim_t>(options.cpu_seconds), static_cast<rlim_t>(options.cpu_seconds + 1)};
+        const rlimit cpu{static_cast<rlim_t>(options.cpu_seconds),
+                         static_cast<rlim_t>(options.cpu_seconds + 1)};
         if (::setrlimit(RLIMIT_CPU, &cpu) != 0) refuse("RLIMIT_CPU");
     }
 #ifndef PICKLEJAIL_SANITIZE  // ASan reserves terabytes of shadow memory
-    if (options.address_space_bytes != 0) set_limit(RLIMIT_AS, options.address_space_bytes, "RLIMIT_AS");
+    if (options.address_space_bytes != 0)
+        set_limit(RLIMIT_AS, options.address_space_bytes, "RLIMIT_AS");
 #endif
 }
 
 void enter_empty_root() {
     // The spawner cloned us into new mount/net/ipc/uts/pid namespaces.
-    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) refuse("make mounts private");
-    if (::mount("picklejail", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0700") != 0) {
+    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0)
+        refuse("make mounts private");
+    if (::mount("picklejail", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                "size=4k,mode=0700") != 0) {
         refuse("mount tmpfs");
     }
     if (::mkdir("/tmp/old", 0700) != 0) refuse("mkdir old root");
@@ -71,7 +76,8 @@ void enter_empty_root() {
     if (::chdir("/") != 0) refuse("chdir /");
     if (::umount2("/old", MNT_DETACH) != 0) refuse("detach old root");
     if (::rmdir("/old") != 0) refuse("remove old root");
-    if (::mount(nullptr, "/", nullptr, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0) {
+    if (::mount(nullptr, "/", nullptr, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                nullptr) != 0) {
         refuse("remount root read-only");
     }
     if (::sethostname("picklejail", 10) != 0) refuse("sethostname");
@@ -97,16 +103,16 @@ void set_no_new_privs() {
 }
 
 bool apply_landlock_deny_all() {
-    const long abi = ::syscall(SYS_landlock_create_ruleset, nullptr, 0, LANDLOCK_CREATE_RULESET_VERSION);
+    const long abi =
+        ::syscall(SYS_landlock_create_ruleset, nullptr, 0, LANDLOCK_CREATE_RULESET_VERSION);
     if (abi < 1) return false;  // kernel without Landlock: seccomp still denies every path syscall
     landlock_ruleset_attr attr{};
-    attr.handled_access_fs = LANDLOCK_ACCESS_FS_EXECUTE | LANDLOCK_ACCESS_FS_WRITE_FILE |
-                             LANDLOCK_ACCESS_FS_READ_FILE | LANDLOCK_ACCESS_FS_READ_DIR |
-                             LANDLOCK_ACCESS_FS_REMOVE_DIR | LANDLOCK_ACCESS_FS_REMOVE_FILE |
-                             LANDLOCK_ACCESS_FS_MAKE_CHAR | LANDLOCK_ACCESS_FS_MAKE_DIR |
-                             LANDLOCK_ACCESS_FS_MAKE_REG | LANDLOCK_ACCESS_FS_MAKE_SOCK |
-                             LANDLOCK_ACCESS_FS_MAKE_FIFO | LANDLOCK_ACCESS_FS_MAKE_BLOCK |
-                             LANDLOCK_ACCESS_FS_MAKE_SYM;
+    attr.handled_access_fs =
+        LANDLOCK_ACCESS_FS_EXECUTE | LANDLOCK_ACCESS_FS_WRITE_FILE | LANDLOCK_ACCESS_FS_READ_FILE |
+        LANDLOCK_ACCESS_FS_READ_DIR | LANDLOCK_ACCESS_FS_REMOVE_DIR |
+        LANDLOCK_ACCESS_FS_REMOVE_FILE | LANDLOCK_ACCESS_FS_MAKE_CHAR |
+        LANDLOCK_ACCESS_FS_MAKE_DIR | LANDLOCK_ACCESS_FS_MAKE_REG | LANDLOCK_ACCESS_FS_MAKE_SOCK |
+        LANDLOCK_ACCESS_FS_MAKE_FIFO | LANDLOCK_ACCESS_FS_MAKE_BLOCK | LANDLOCK_ACCESS_FS_MAKE_SYM;
     const long ruleset = ::syscall(SYS_landlock_create_ruleset, &attr, sizeof attr, 0);
     if (ruleset < 0) return false;
     const ipc::UniqueFd ruleset_fd(static_cast<int>(ruleset));

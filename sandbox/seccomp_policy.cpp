@@ -41,17 +41,18 @@ void allow_on_fd(scmp_filter_ctx ctx, int syscall_nr, int fd) {
 
 void allow_mmap(scmp_filter_ctx ctx, int fd_arg, int flags_required) {
     // Never PROT_EXEC; anonymous private memory (malloc) or the output fd.
-    if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(mmap), 3,
-                         SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_EXEC, 0),
-                         SCMP_A3(SCMP_CMP_MASKED_EQ, static_cast<scmp_datum_t>(flags_required),
-                                 static_cast<scmp_datum_t>(flags_required)),
-                         SCMP_A4(SCMP_CMP_MASKED_EQ, kLow32, static_cast<scmp_datum_t>(fd_arg) & kLow32)) != 0) {
+    if (seccomp_rule_add(
+            ctx, SCMP_ACT_ALLOW, SCMP_SYS(mmap), 3, SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_EXEC, 0),
+            SCMP_A3(SCMP_CMP_MASKED_EQ, static_cast<scmp_datum_t>(flags_required),
+                    static_cast<scmp_datum_t>(flags_required)),
+            SCMP_A4(SCMP_CMP_MASKED_EQ, kLow32, static_cast<scmp_datum_t>(fd_arg) & kLow32)) != 0) {
         throw Error(ErrorCode::internal, "seccomp_rule_add(mmap) failed");
     }
 }
 
 void on_sigsys(int, siginfo_t* info, void*) {
-    ipc::ResultRecord record = ipc::make_result(ErrorCode::sandbox_violation, "forbidden system call");
+    ipc::ResultRecord record =
+        ipc::make_result(ErrorCode::sandbox_violation, "forbidden system call");
     record.syscall = info->si_syscall;
     (void)!::write(kResultFd, &record, sizeof record);
     ::syscall(SYS_exit_group, 128 + SIGSYS);
@@ -106,7 +107,8 @@ void install_violation_reporter() {
     action.sa_sigaction = &on_sigsys;
     action.sa_flags = SA_SIGINFO;
     sigemptyset(&action.sa_mask);
-    if (::sigaction(SIGSYS, &action, nullptr) != 0) throw Error(ErrorCode::internal, "sigaction(SIGSYS) failed");
+    if (::sigaction(SIGSYS, &action, nullptr) != 0)
+        throw Error(ErrorCode::internal, "sigaction(SIGSYS) failed");
 }
 
 }  // namespace picklejail::sandbox

@@ -7,7 +7,7 @@
 namespace picklejail::sandbox {
 
 class SeccompFilter {
-public:
+  public:
     // Default action for unlisted syscalls: SECCOMP_RET_TRAP, so the worker's
     // SIGSYS handler can report the syscall number before it exits; a foreign
     // architecture (int 0x80, x32) kills the process outright.
@@ -19,7 +19,7 @@ public:
     // Loads the filter into the calling (single-threaded) process.
     void load();
 
-private:
+  private:
     SeccompFilter() = default;
     struct Context;
     std::unique_ptr<Context> context_;

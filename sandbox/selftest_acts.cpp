@@ -52,13 +52,15 @@ std::string_view attempt_forbidden_act(std::string_view act) {
         return pid > 0 ? "created a child process" : "clone failed with an errno";
     }
     if (act == "ptrace") {
-        return ::ptrace(PTRACE_TRACEME, 0, nullptr, nullptr) == 0 ? "ptrace allowed" : "ptrace failed with an errno";
+        return ::ptrace(PTRACE_TRACEME, 0, nullptr, nullptr) == 0 ? "ptrace allowed"
+                                                                  : "ptrace failed with an errno";
     }
     if (act == "kill") {
         return ::kill(1, 0) == 0 ? "signalled pid 1" : "kill failed with an errno";
     }
     if (act == "mprotect_exec") {
-        void* page = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        void* page =
+            ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         return ::mprotect(page, 4096, PROT_READ | PROT_EXEC) == 0 ? "made memory executable"
                                                                   : "mprotect failed with an errno";
     }
@@ -66,7 +68,8 @@ std::string_view attempt_forbidden_act(std::string_view act) {
         return int80_getpid() > 0 ? "32-bit int 0x80 syscall ran" : "int 0x80 failed with an errno";
     }
     if (act == "x32_syscall") {
-        return ::syscall(kX32SyscallBit | SYS_getpid) > 0 ? "x32 syscall ran" : "x32 syscall failed with an errno";
+        return ::syscall(kX32SyscallBit | SYS_getpid) > 0 ? "x32 syscall ran"
+                                                          : "x32 syscall failed with an errno";
     }
     if (act == "write_foreign_fd") {
         return ::write(1, "x", 1) == 1 ? "wrote to fd 1" : "write failed with an errno";

@@ -8,8 +8,8 @@
 namespace picklejail::sandbox {
 
 inline constexpr std::array<std::string_view, 10> kSelftestActs{
-    "open_file", "socket_connect", "execve",  "fork",      "ptrace",
-    "kill",      "mprotect_exec",  "int80",   "x32_syscall", "write_foreign_fd",
+    "open_file", "socket_connect", "execve", "fork",        "ptrace",
+    "kill",      "mprotect_exec",  "int80",  "x32_syscall", "write_foreign_fd",
 };
 
 // Attempts the act; returns only if the kernel let it through (or it failed

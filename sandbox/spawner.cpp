@@ -31,7 +31,8 @@ constexpr int kStagingFd = 10;  // sources are moved above 3..5 before the child
 constexpr std::uint64_t kHeapAllowance = 1ULL << 30;
 
 [[noreturn]] void spawn_fail(const std::string& what) {
-    throw Error(ErrorCode::internal, "cannot start the worker: " + what + ": " + std::strerror(errno));
+    throw Error(ErrorCode::internal,
+                "cannot start the worker: " + what + ": " + std::strerror(errno));
 }
 
 UniqueFd dup_high(int fd) {
@@ -48,14 +49,15 @@ struct Identity {
 // The dedicated system user when it exists, else nobody.
 Identity unprivileged_identity() {
     for (const char* name : {"picklejail", "nobody"}) {
-        if (const passwd* pw = ::getpwnam(name); pw != nullptr && pw->pw_uid != 0) return {pw->pw_uid, pw->pw_gid};
+        if (const passwd* pw = ::getpwnam(name); pw != nullptr && pw->pw_uid != 0)
+            return {pw->pw_uid, pw->pw_gid};
     }
     return {65534, 65534};
 }
 
 // A started worker: killed and reaped on every exit path.
 class ChildProcess {
-public:
+  public:
     ChildProcess(pid_t pid, UniqueFd pidfd) : pid_(pid), pidfd_(std::move(pidfd)) {}
     ChildProcess(const ChildProcess&) = delete;
     ChildProcess& operator=(const ChildProcess&) = delete;
@@ -71,9 +73,11 @@ public:
         pollfd pfd{pidfd_.get(), POLLIN, 0};
         const auto end = std::chrono::steady_clock::now() + deadline;
         for (;;) {
-            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
+            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                end - std::chrono::steady_clock::now());
             if (left.count() <= 0) return false;
-            const int rc = ::poll(&pfd, 1, static_cast<int>(std::min<long long>(left.count(), 1 << 30)));
+            const int rc =
+                ::poll(&pfd, 1, static_cast<int>(std::min<long long>(left.count(), 1 << 30)));
             if (rc > 0) return true;
             if (rc < 0 && errno != EINTR) return false;
         }
@@ -91,7 +95,7 @@ public:
         return status;
     }
 
-private:
+  private:
     pid_t pid_;
     UniqueFd pidfd_;
     bool reaped_ = false;
@@ -115,7 +119,8 @@ PreparedExec prepare_exec(const SpawnOptions& options, std::uint64_t input_size,
     if (options.selftest_act) add("--selftest", *options.selftest_act);
     if (!options.policy_json.empty()) add("--policy-json", options.policy_json);
     if (!options.limits_json.empty()) add("--limits-json", options.limits_json);
-    const std::uint64_t memory = options.memory_bytes != 0 ? options.memory_bytes : 2 * input_size + kHeapAllowance;
+    const std::uint64_t memory =
+        options.memory_bytes != 0 ? options.memory_bytes : 2 * input_size + kHeapAllowance;
     add("--address-space", std::to_string(memory));
     const auto cpu = std::chrono::duration_cast<std::chrono::seconds>(options.deadline).count() + 1;
     add("--cpu-seconds", std::to_string(cpu));
@@ -147,7 +152,8 @@ ChildProcess start_child(const PreparedExec& exec, int in, int out, int result, 
     int pidfd = -1;
     clone_args args{};
     args.flags = CLONE_PIDFD;
-    if (isolate) args.flags |= CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWPID;
+    if (isolate)
+        args.flags |= CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWPID;
     args.pidfd = reinterpret_cast<std::uint64_t>(&pidfd);
     args.exit_signal = SIGCHLD;
     const long pid = ::syscall(SYS_clone3, &args, sizeof args);
@@ -169,10 +175,12 @@ std::string read_result(int fd) {
     return {buffer.data(), total};
 }
 
-JobResult classify(const ChildProcess::Status& status, bool timed_out, const std::string& record_bytes) {
+JobResult classify(const ChildProcess::Status& status, bool timed_out,
+                   const std::string& record_bytes) {
     JobResult result;
     result.peak_rss_kib = static_cast<std::uint64_t>(status.usage.ru_maxrss);
-    const auto record = ipc::decode_result(std::as_bytes(std::span(record_bytes.data(), record_bytes.size())));
+    const auto record =
+        ipc::decode_result(std::as_bytes(std::span(record_bytes.data(), record_bytes.size())));
     if (timed_out) {
         result.status = ErrorCode::timeout;
         result.message = "the worker ran past its deadline and was killed";
@@ -189,12 +197,15 @@ JobResult classify(const ChildProcess::Status& status, bool timed_out, const std
         switch (result.signal) {
             case SIGSYS:
                 result.status = ErrorCode::sandbox_violation;
-                result.message = "the worker was killed by the seccomp filter (foreign architecture or blocked handler)";
+                result.message =
+                    "the worker was killed by the seccomp filter (foreign architecture or blocked "
+                    "handler)";
                 break;
             case SIGXCPU:
             case SIGXFSZ:
                 result.status = ErrorCode::resource_exceeded;
-                result.message = std::string("the worker exceeded its ") + (result.signal == SIGXCPU ? "CPU time" : "output size") + " limit";
+                result.message = std::string("the worker exceeded its ") +
+                                 (result.signal == SIGXCPU ? "CPU time" : "output size") + " limit";
                 break;
             case SIGKILL:
                 result.status = ErrorCode::resource_exceeded;
@@ -202,14 +213,17 @@ JobResult classify(const ChildProcess::Status& status, bool timed_out, const std
                 break;
             default:
                 result.status = ErrorCode::worker_crashed;
-                result.message = std::string("the worker crashed with signal ") + ::sigabbrev_np(result.signal);
+                result.message =
+                    std::string("the worker crashed with signal ") + ::sigabbrev_np(result.signal);
         }
         return result;
     }
     if (!record) {
         result.status = ErrorCode::worker_crashed;
-        result.message = "the worker exited with status " + std::to_string(WEXITSTATUS(status.wait_status)) +
-                         (WEXITSTATUS(status.wait_status) == 127 ? " (could not exec picklejail-worker)" : " without a valid result");
+        result.message =
+            "the worker exited with status " + std::to_string(WEXITSTATUS(status.wait_status)) +
+            (WEXITSTATUS(status.wait_status) == 127 ? " (could not exec picklejail-worker)"
+                                                    : " without a valid result");
         return result;
     }
     result.status = record->status;
@@ -233,14 +247,16 @@ void verify_output(int output_fd, JobResult& result) {
         (void)ipc::check_safetensors(image.bytes());
     } catch (const Error& e) {
         result.status = ErrorCode::worker_crashed;
-        result.message = std::string("the worker produced an invalid safetensors image: ") + e.what();
+        result.message =
+            std::string("the worker produced an invalid safetensors image: ") + e.what();
     }
 }
 
 }  // namespace
 
 std::filesystem::path default_worker_path() {
-    if (const char* env = std::getenv("PICKLEJAIL_WORKER"); env != nullptr && *env != '\0') return env;
+    if (const char* env = std::getenv("PICKLEJAIL_WORKER"); env != nullptr && *env != '\0')
+        return env;
     std::error_code ec;
     const auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
     return (ec ? std::filesystem::path(".") : exe.parent_path()) / "picklejail-worker";
@@ -248,7 +264,8 @@ std::filesystem::path default_worker_path() {
 
 JobResult run_worker(int input_fd, int output_fd, const SpawnOptions& options,
                      void (*on_started)(pid_t, void*), void* on_started_context) {
-    const std::uint64_t input_size = options.selftest_act ? 0 : ipc::regular_file_size(input_fd, "input");
+    const std::uint64_t input_size =
+        options.selftest_act ? 0 : ipc::regular_file_size(input_fd, "input");
     const bool isolate = options.isolate && ::geteuid() == 0;
     const PreparedExec exec = prepare_exec(options, input_size, isolate);
     int pipe_fds[2];
@@ -277,7 +294,8 @@ std::string describe(const JobResult& result) {
     std::string text = result.message;
     if (result.syscall >= 0) {
         char* name = seccomp_syscall_resolve_num_arch(SCMP_ARCH_NATIVE, result.syscall);
-        text += " " + std::to_string(result.syscall) + (name ? " (" + std::string(name) + ")" : std::string());
+        text += " " + std::to_string(result.syscall) +
+                (name ? " (" + std::string(name) + ")" : std::string());
         std::free(name);
     }
     return text;

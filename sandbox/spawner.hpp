@@ -16,26 +16,26 @@
 namespace picklejail::sandbox {
 
 struct SpawnOptions {
-    std::filesystem::path worker;           // empty: default_worker_path()
-    std::string policy_json;                // self-contained policy text
-    std::string limits_json;                // optional loader limit overrides
+    std::filesystem::path worker;  // empty: default_worker_path()
+    std::string policy_json;       // self-contained policy text
+    std::string limits_json;       // optional loader limit overrides
     std::chrono::milliseconds deadline{60'000};
-    std::uint64_t memory_bytes = 0;         // RLIMIT_AS; 0: 2 × input + 1 GiB
+    std::uint64_t memory_bytes = 0;           // RLIMIT_AS; 0: 2 × input + 1 GiB
     std::uint64_t output_bytes = 1ULL << 40;  // RLIMIT_FSIZE on the output
     std::optional<std::string> selftest_act;  // run a forbidden act instead of a job
-    bool isolate = true;                    // as root: namespaces + unprivileged uid
+    bool isolate = true;                      // as root: namespaces + unprivileged uid
 };
 
 struct JobResult {
     ErrorCode status = ErrorCode::internal;
     std::string message;
-    int syscall = -1;          // sandbox_violation: the refused syscall number
-    int signal = 0;            // the signal that ended the worker, if any
+    int syscall = -1;  // sandbox_violation: the refused syscall number
+    int signal = 0;    // the signal that ended the worker, if any
     std::uint64_t output_size = 0;
     std::uint64_t tensor_count = 0;
     std::uint64_t peak_rss_kib = 0;
-    bool isolated = false;     // namespaces and uid switch were applied
-    pid_t pid = 0;             // for diagnostics and tests (already reaped)
+    bool isolated = false;  // namespaces and uid switch were applied
+    pid_t pid = 0;          // for diagnostics and tests (already reaped)
 };
 
 // <dir of this executable>/picklejail-worker, or $PICKLEJAIL_WORKER.

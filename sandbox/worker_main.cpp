@@ -48,26 +48,35 @@ std::uint64_t parse_number(const std::string& text, const std::string& flag) {
 WorkerArgs parse_args(int argc, char** argv) {
     std::map<std::string, std::string> flags;
     for (int i = 1; i + 1 < argc; i += 2) flags[argv[i]] = argv[i + 1];
-    if ((argc - 1) % 2 != 0) throw Error(ErrorCode::invalid_request, "worker: flags must come in pairs");
+    if ((argc - 1) % 2 != 0)
+        throw Error(ErrorCode::invalid_request, "worker: flags must come in pairs");
     WorkerArgs args;
     args.policy_json = flags["--policy-json"];
     args.limits_json = flags["--limits-json"];
     args.selftest = flags["--selftest"];
     auto& c = args.confine;
-    if (flags.count("--parent")) c.expected_parent = static_cast<pid_t>(parse_number(flags["--parent"], "--parent"));
-    if (flags.count("--address-space")) c.address_space_bytes = parse_number(flags["--address-space"], "--address-space");
-    if (flags.count("--cpu-seconds")) c.cpu_seconds = parse_number(flags["--cpu-seconds"], "--cpu-seconds");
-    if (flags.count("--output-bytes")) c.output_bytes = parse_number(flags["--output-bytes"], "--output-bytes");
+    if (flags.count("--parent"))
+        c.expected_parent = static_cast<pid_t>(parse_number(flags["--parent"], "--parent"));
+    if (flags.count("--address-space"))
+        c.address_space_bytes = parse_number(flags["--address-space"], "--address-space");
+    if (flags.count("--cpu-seconds"))
+        c.cpu_seconds = parse_number(flags["--cpu-seconds"], "--cpu-seconds");
+    if (flags.count("--output-bytes"))
+        c.output_bytes = parse_number(flags["--output-bytes"], "--output-bytes");
     if (flags.count("--drop-to-uid")) {
         c.drop_privileges = true;
         c.uid = static_cast<uid_t>(parse_number(flags["--drop-to-uid"], "--drop-to-uid"));
-        c.gid = static_cast<gid_t>(parse_number(flags.count("--drop-to-gid") ? flags["--drop-to-gid"] : "65534", "--drop-to-gid"));
+        c.gid = static_cast<gid_t>(parse_number(
+            flags.count("--drop-to-gid") ? flags["--drop-to-gid"] : "65534", "--drop-to-gid"));
     }
-    if (args.policy_json.empty() && args.selftest.empty()) throw Error(ErrorCode::invalid_request, "worker: --policy-json is required");
+    if (args.policy_json.empty() && args.selftest.empty())
+        throw Error(ErrorCode::invalid_request, "worker: --policy-json is required");
     return args;
 }
 
-void send_result(const ipc::ResultRecord& record) { (void)!::write(sandbox::kResultFd, &record, sizeof record); }
+void send_result(const ipc::ResultRecord& record) {
+    (void)!::write(sandbox::kResultFd, &record, sizeof record);
+}
 
 // Everything up to and including the seccomp load; no checkpoint byte has
 // been read when this returns.
@@ -84,7 +93,8 @@ void confine(const WorkerArgs& args, sandbox::SeccompFilter& filter) {
 
 int convert(const WorkerArgs& args) {
     const auto policy = loader::Policy::from_json(args.policy_json);
-    const auto limits = args.limits_json.empty() ? loader::Limits{} : loader::limits_from_json(args.limits_json);
+    const auto limits =
+        args.limits_json.empty() ? loader::Limits{} : loader::limits_from_json(args.limits_json);
     auto filter = sandbox::SeccompFilter::worker_policy();
     // Mapping is not reading: the pages are touched only after confinement.
     const auto input_size = ipc::regular_file_size(sandbox::kInputFd, "input");
@@ -96,7 +106,8 @@ int convert(const WorkerArgs& args) {
         auto output = ipc::map_output(sandbox::kOutputFd, conversion.output_size(), "output");
         conversion.write(output.bytes());
     }
-    send_result(ipc::make_result(ErrorCode::ok, "", conversion.output_size(), conversion.layout().tensors().size()));
+    send_result(ipc::make_result(ErrorCode::ok, "", conversion.output_size(),
+                                 conversion.layout().tensors().size()));
     return 0;
 }
 
@@ -120,12 +131,14 @@ int main(int argc, char** argv) {
         status = args.selftest.empty() ? convert(args) : selftest(args);
     } catch (const Error& e) {
         ErrorCode code = e.code();
-        if (code == ErrorCode::io_error && std::strstr(e.what(), std::strerror(ENOMEM)) != nullptr) {
+        if (code == ErrorCode::io_error &&
+            std::strstr(e.what(), std::strerror(ENOMEM)) != nullptr) {
             code = ErrorCode::resource_exceeded;
         }
         send_result(ipc::make_result(code, e.what()));
     } catch (const std::bad_alloc&) {
-        send_result(ipc::make_result(ErrorCode::resource_exceeded, "worker ran out of memory (address-space limit)"));
+        send_result(ipc::make_result(ErrorCode::resource_exceeded,
+                                     "worker ran out of memory (address-space limit)"));
     } catch (const std::exception& e) {
         send_result(ipc::make_result(ErrorCode::internal, e.what()));
     }

@@ -6,9 +6,9 @@
 #include <filesystem>
 
 #include "client/cli/commands.hpp"
+#include "client/cli/report_error.hpp"
 #include "client/cli/sandboxed_job.hpp"
 #include "ipc/unique_fd.hpp"
-#include "client/cli/report_error.hpp"
 
 namespace picklejail::cli {
 namespace {
@@ -51,7 +51,8 @@ class PendingOutput {
 
 int run_convert(const CommonOptions& common, const ConvertOptions& options) {
     return report_errors([&] {
-        const std::string output = options.output.empty() ? default_output(options.input) : options.output;
+        const std::string output =
+            options.output.empty() ? default_output(options.input) : options.output;
         PendingOutput pending(output);
         // The worker writes straight into the destination's temporary file.
         const auto result = convert_in_sandbox(common, options.input, pending.fd());

@@ -2,12 +2,12 @@
 #include <nlohmann/json.hpp>
 
 #include "client/cli/commands.hpp"
+#include "client/cli/report_error.hpp"
 #include "client/cli/sandboxed_job.hpp"
 #include "ipc/file_mapping.hpp"
 #include "ipc/memfd.hpp"
 #include "ipc/safetensors_check.hpp"
 #include "loader/checkpoint_loader.hpp"
-#include "client/cli/report_error.hpp"
 
 namespace picklejail::cli {
 namespace {
@@ -30,18 +30,21 @@ nlohmann::ordered_json inspect_json(const ipc::SafetensorsIndex& index, const st
     out["format"] = metadata_value(index, loader::kMetaSource);
     out["pickle_protocol"] = std::atoi(metadata_value(index, loader::kMetaProtocol).c_str());
     out["policy"] = policy;
-    out["globals"] = nlohmann::ordered_json::parse(metadata_value(index, loader::kMetaGlobals), nullptr, false);
+    out["globals"] =
+        nlohmann::ordered_json::parse(metadata_value(index, loader::kMetaGlobals), nullptr, false);
     if (!out["globals"].is_array()) out["globals"] = nlohmann::ordered_json::array();
     out["tensors"] = nlohmann::ordered_json::array();
     for (const auto& t : index.tensors) {
-        out["tensors"].push_back({{"name", t.name}, {"dtype", t.dtype}, {"shape", t.shape}, {"bytes", t.end - t.begin}});
+        out["tensors"].push_back(
+            {{"name", t.name}, {"dtype", t.dtype}, {"shape", t.shape}, {"bytes", t.end - t.begin}});
     }
     nlohmann::ordered_json aliases = nlohmann::ordered_json::object();
     for (const auto& [key, value] : index.metadata) {
         if (!key.starts_with("picklejail.") && key != loader::kMetaFormat) aliases[key] = value;
     }
     out["aliases"] = aliases;
-    out["output_bytes"] = index.data_offset + (index.tensors.empty() ? 0 : index.tensors.back().end);
+    out["output_bytes"] =
+        index.data_offset + (index.tensors.empty() ? 0 : index.tensors.back().end);
     return out;
 }
 

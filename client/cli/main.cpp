@@ -18,9 +18,12 @@ int main(int argc, char** argv) {
         command->add_option("--policy-dir", common.policy_dir,
                             "directory holding the policy files");
         command->add_option("--limits", common.limits_file, "JSON file overriding loader limits");
-        command->add_option("--deadline", common.deadline_seconds, "seconds before the worker is killed")
+        command
+            ->add_option("--deadline", common.deadline_seconds,
+                         "seconds before the worker is killed")
             ->capture_default_str();
-        command->add_option("--memory", common.memory_bytes, "worker address-space cap in bytes (0: automatic)");
+        command->add_option("--memory", common.memory_bytes,
+                            "worker address-space cap in bytes (0: automatic)");
     };
 
     ConvertOptions convert;

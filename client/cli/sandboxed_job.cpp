@@ -19,8 +19,10 @@ std::string read_text(const std::string& path) {
 
 }  // namespace
 
-sandbox::JobResult convert_in_sandbox(const CommonOptions& common, const std::string& input, int output_fd) {
-    const auto dir = common.policy_dir.empty() ? sandbox::default_policy_dir() : std::filesystem::path(common.policy_dir);
+sandbox::JobResult convert_in_sandbox(const CommonOptions& common, const std::string& input,
+                                      int output_fd) {
+    const auto dir = common.policy_dir.empty() ? sandbox::default_policy_dir()
+                                               : std::filesystem::path(common.policy_dir);
     sandbox::SpawnOptions options;
     options.policy_json = sandbox::load_policy_text(common.policy, dir);
     if (!common.limits_file.empty()) options.limits_json = read_text(common.limits_file);

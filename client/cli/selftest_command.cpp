@@ -20,12 +20,12 @@ int run_selftest() {
             const auto result = sandbox::run_worker(scratch_in.get(), scratch_out.get(), options);
             const bool stopped = result.status == ErrorCode::sandbox_violation;
             if (!stopped) ++not_stopped;
-            std::printf("%-18s %s: %s\n", std::string(act).c_str(), stopped ? "stopped" : "NOT STOPPED",
-                        sandbox::describe(result).c_str());
+            std::printf("%-18s %s: %s\n", std::string(act).c_str(),
+                        stopped ? "stopped" : "NOT STOPPED", sandbox::describe(result).c_str());
         }
     });
     std::printf("%s\n", not_stopped == 0 && rc == 0 ? "selftest: every forbidden act was stopped"
-                                                      : "selftest: FAILED");
+                                                    : "selftest: FAILED");
     return not_stopped == 0 ? rc : 1;
 }
 

@@ -79,19 +79,22 @@ void check_loads(const std::string& path, const nlohmann::json& expected) {
         }
         CHECK(entry.dtype == dtype);
         CHECK(entry.shape == shape);
-        const auto bytes = std::span<const std::byte>(image).subspan(index.data_offset + entry.begin, entry.end - entry.begin);
+        const auto bytes = std::span<const std::byte>(image).subspan(
+            index.data_offset + entry.begin, entry.end - entry.begin);
         CHECK(sha256_hex(bytes) == want["sha256"].get<std::string>());
     }
 }
 
 ErrorCode expected_rejection(const std::string& file) {
-    if (file == "quantized.pt" || file == "sparse.pt" || file == "torchscript.pt") return ErrorCode::unsupported;
+    if (file == "quantized.pt" || file == "sparse.pt" || file == "torchscript.pt")
+        return ErrorCode::unsupported;
     return ErrorCode::forbidden_global;
 }
 
 void run_manifest(const std::string& version) {
     const auto manifest_bytes = read_bytes(kFixtures + version + "/manifest.json");
-    const auto manifest = nlohmann::json::parse(std::string(reinterpret_cast<const char*>(manifest_bytes.data()), manifest_bytes.size()));
+    const auto manifest = nlohmann::json::parse(
+        std::string(reinterpret_cast<const char*>(manifest_bytes.data()), manifest_bytes.size()));
     int loaded = 0;
     int rejected = 0;
     for (const auto& entry : manifest) {
@@ -109,7 +112,8 @@ void run_manifest(const std::string& version) {
                 } catch (const Error& e) {
                     INFO(e.what());
                     CHECK(e.code() == expected_rejection(file));
-                    if (e.code() == ErrorCode::forbidden_global) CHECK(std::string(e.what()).find("global ") != std::string::npos);
+                    if (e.code() == ErrorCode::forbidden_global)
+                        CHECK(std::string(e.what()).find("global ") != std::string::npos);
                 }
                 ++rejected;
             }
@@ -119,12 +123,17 @@ void run_manifest(const std::string& version) {
 
 }  // namespace
 
-TEST_CASE("fixtures: torch 1.13 manifest", "[fixtures]") { run_manifest("torch-1.13"); }
-TEST_CASE("fixtures: torch 2.11 manifest", "[fixtures]") { run_manifest("torch-2.11"); }
+TEST_CASE("fixtures: torch 1.13 manifest", "[fixtures]") {
+    run_manifest("torch-1.13");
+}
+TEST_CASE("fixtures: torch 2.11 manifest", "[fixtures]") {
+    run_manifest("torch-2.11");
+}
 
 TEST_CASE("fixtures: checkpoint policy loads numpy, argparse and training metadata", "[fixtures]") {
     for (const std::string version : {"torch-1.13", "torch-2.11"}) {
-        for (const std::string file : {"numpy_scalar.pt", "numpy_array.pt", "argparse_namespace.pt"}) {
+        for (const std::string file :
+             {"numpy_scalar.pt", "numpy_array.pt", "argparse_namespace.pt"}) {
             INFO(version << "/" << file);
             const auto input = read_bytes(kFixtures + version + "/" + file);
             const auto conversion = loader::Conversion::plan(input, policy_named("checkpoint"), {});

@@ -3,9 +3,12 @@
 // repr) or through Conversion::plan for whole-pipeline cases, plus every
 // refusal and limit the VM enforces (pytorch-formats.md sections 6 and 11).
 #include <catch2/catch.hpp>
+#include <charconv>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <map>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -39,11 +42,15 @@ const Policy& policy_named(const std::string& name) {
     }
     return it->second;
 }
-const Policy& weights() { return policy_named("weights"); }
+const Policy& weights() {
+    return policy_named("weights");
+}
 
 // ---- pickle assembly ------------------------------------------------------
 
-std::string op(unsigned value) { return std::string(1, static_cast<char>(value)); }
+std::string op(unsigned value) {
+    return std::string(1, static_cast<char>(value));
+}
 
 std::string le(std::uint64_t value, int width) {
     std::string out;
@@ -51,15 +58,27 @@ std::string le(std::uint64_t value, int width) {
     return out;
 }
 
-std::string proto(unsigned version) { return op(0x80) + op(version); }
-std::string k(unsigned value) { return "K" + op(value); }  // BININT1
-std::string short_binunicode(std::string_view s) { return op(0x8c) + op(static_cast<unsigned>(s.size())) + std::string(s); }
-std::string binunicode(std::string_view s) { return "X" + le(s.size(), 4) + std::string(s); }
+std::string proto(unsigned version) {
+    return op(0x80) + op(version);
+}
+std::string k(unsigned value) {
+    return "K" + op(value);
+}  // BININT1
+std::string short_binunicode(std::string_view s) {
+    return op(0x8c) + op(static_cast<unsigned>(s.size())) + std::string(s);
+}
+std::string binunicode(std::string_view s) {
+    return "X" + le(s.size(), 4) + std::string(s);
+}
 std::string global(std::string_view module, std::string_view name) {
     return "c" + std::string(module) + "\n" + std::string(name) + "\n";
 }
-std::string binput(unsigned index) { return "q" + op(index); }
-std::string binget(unsigned index) { return "h" + op(index); }
+std::string binput(unsigned index) {
+    return "q" + op(index);
+}
+std::string binget(unsigned index) {
+    return "h" + op(index);
+}
 
 std::span<const std::byte> bytes_of(const std::string& text) {
     return {reinterpret_cast<const std::byte*>(text.data()), text.size()};
@@ -178,7 +197,8 @@ std::string repr(const ValuePtr& value, int depth) {
         return out;
     }
     if (const auto* g = v.as<GlobalValue>()) return "global:" + g->name;
-    if (const auto* d = v.as<DTypeValue>()) return "dtype:" + std::string(info(d->dtype).torch_name);
+    if (const auto* d = v.as<DTypeValue>())
+        return "dtype:" + std::string(info(d->dtype).torch_name);
     if (const auto* r = v.as<RecordValue>()) return "record:" + r->class_name;
     return describe(v);
 }
@@ -202,9 +222,9 @@ TEST_CASE("pickle_vm: protocol 0 INT, including the 01/00 booleans") {
     CHECK(run_repr("I42\n.") == "42");
     CHECK(run_repr("I-7\n.") == "-7");
     CHECK(run_repr("I0\n.") == "0");
-    CHECK(run_repr("I1\n.") == "1");                 // plain 1 stays an int
-    CHECK(run_repr("I01\n.") == "True");             // Python 2 True
-    CHECK(run_repr("I00\n.") == "False");            // Python 2 False
+    CHECK(run_repr("I1\n.") == "1");       // plain 1 stays an int
+    CHECK(run_repr("I01\n.") == "True");   // Python 2 True
+    CHECK(run_repr("I00\n.") == "False");  // Python 2 False
     CHECK(run_repr("I9223372036854775807\n.") == "9223372036854775807");
     CHECK(run_repr("I-9223372036854775808\n.") == "-9223372036854775808");
     CHECK(vm_outcome("I9223372036854775808\n.").code == "unsupported");  // beyond 64 bits
@@ -233,12 +253,12 @@ TEST_CASE("pickle_vm: protocol 0 STRING with escapes") {
     CHECK(value->as<StringValue>()->utf8 == "a\nb\tc\rd\\e'f\"gA");
     CHECK(run_repr("S\"double\"\n.") == "'double'");
     CHECK(run_repr("S''\n.") == "''");
-    CHECK(run_repr("S'\\xc3\\xa9'\n.") == "'\xc3\xa9'");  // UTF-8 bytes of "é"
+    CHECK(run_repr("S'\\xc3\\xa9'\n.") == "'\xc3\xa9'");   // UTF-8 bytes of "é"
     CHECK(vm_outcome("S'\\xe9'\n.").code == "malformed");  // a lone Latin-1 byte is not UTF-8
     CHECK(vm_outcome("Sunquoted\n.").code == "malformed");
     CHECK(vm_outcome("S'mismatched\"\n.").code == "malformed");
-    CHECK(vm_outcome("S'\n.").code == "malformed");            // one quote only
-    CHECK(vm_outcome("S'ends\\'\n.").code == "malformed");      // \' eats the closing quote
+    CHECK(vm_outcome("S'\n.").code == "malformed");         // one quote only
+    CHECK(vm_outcome("S'ends\\'\n.").code == "malformed");  // \' eats the closing quote
     CHECK(vm_outcome("S'bad\\xZZ'\n.").code == "malformed");
     CHECK(vm_outcome("S'bad\\x4'\n.").code == "malformed");
     CHECK(vm_outcome("S'oct\\101'\n.").code == "unsupported");
@@ -303,7 +323,7 @@ TEST_CASE("pickle_vm: BININT, BININT1, BININT2") {
     CHECK(run_repr("J" + le(0x7FFFFFFF, 4) + ".") == "2147483647");
     CHECK(run_repr("J" + le(0x80000000, 4) + ".") == "-2147483648");
     CHECK(run_repr(k(0) + ".") == "0");
-    CHECK(run_repr(k(255) + ".") == "255");  // unsigned
+    CHECK(run_repr(k(255) + ".") == "255");                 // unsigned
     CHECK(run_repr("M" + le(0xFFFF, 2) + ".") == "65535");  // unsigned
     CHECK(run_repr("M" + le(0x0102, 2) + ".") == "258");
 }
@@ -473,7 +493,9 @@ TEST_CASE("pickle_vm: FRAME groups opcodes and may not be straddled or nested") 
     CHECK(vm_outcome(proto(4) + op(0x95) + le(~std::uint64_t{0}, 8) + body).code == "malformed");
 }
 
-TEST_CASE("pickle_vm: GLOBAL, STACK_GLOBAL, REDUCE, NEWOBJ, NEWOBJ_EX, INST, OBJ, BUILD on allowed globals") {
+TEST_CASE(
+    "pickle_vm: GLOBAL, STACK_GLOBAL, REDUCE, NEWOBJ, NEWOBJ_EX, INST, OBJ, BUILD on allowed "
+    "globals") {
     Machine machine;
     CHECK(repr(machine.run(proto(2) + global("collections", "OrderedDict") + ")R.")) == "odict{}");
     CHECK(machine.info.globals == std::vector<std::string>{"collections.OrderedDict"});
@@ -486,12 +508,13 @@ TEST_CASE("pickle_vm: GLOBAL, STACK_GLOBAL, REDUCE, NEWOBJ, NEWOBJ_EX, INST, OBJ
     CHECK(run_repr("(icollections\nOrderedDict\n.") == "odict{}");
     CHECK(run_repr("(ccollections\nOrderedDict\no.") == "odict{}");
     // state_dict(): OrderedDict, SETITEMS, then BUILD with its __dict__.
-    CHECK(run_repr(proto(2) + global("collections", "OrderedDict") + ")R(" + binunicode("w") + k(1) +
-                   "u}" + binunicode("_metadata") + "}sb.") ==
+    CHECK(run_repr(proto(2) + global("collections", "OrderedDict") + ")R(" + binunicode("w") +
+                   k(1) + "u}" + binunicode("_metadata") + "}sb.") ==
           "odict{'w': 1}+attrs{'_metadata': {}}");
     // A dtype global is a value, not a callable.
     CHECK(run_repr(global("torch", "float32") + ".") == "dtype:float32");
-    CHECK(run_repr(global("torch", "Size") + "(" + k(2) + k(3) + "t" + op(0x85) + "R.") == "(2, 3)");
+    CHECK(run_repr(global("torch", "Size") + "(" + k(2) + k(3) + "t" + op(0x85) + "R.") ==
+          "(2, 3)");
 }
 
 TEST_CASE("pickle_vm: misuse of allowed globals is refused") {
@@ -510,12 +533,21 @@ TEST_CASE("pickle_vm: misuse of allowed globals is refused") {
     CHECK(vm_outcome(global("torch", "Size") + ")" + op(0x81) + ".").code == "forbidden_global");
     // BUILD only on dicts, records and tensors.
     CHECK(vm_outcome("]}b.").code == "forbidden_global");
-    CHECK(vm_outcome("OBJ"s.substr(0, 0) + "(" + k(1) + "o.").code == "malformed");  // OBJ on an int
-    CHECK(vm_outcome("(o.").code == "malformed");                                       // OBJ, no class
+    CHECK(vm_outcome("(" + k(1) + "o.").code == "malformed");  // OBJ on an int
+    CHECK(vm_outcome("(o.").code == "malformed");              // OBJ, no class
     // STACK_GLOBAL operands must be str.
     CHECK(vm_outcome(proto(4) + k(1) + k(2) + op(0x93) + ".").code == "malformed");
     CHECK(vm_outcome(proto(4) + "C" + op(2) + "os" + short_binunicode("system") + op(0x93) + ".")
               .code == "malformed");
+}
+
+TEST_CASE("pickle_vm: INST and OBJ on an allowed global that is a value, not a class") {
+    // torch.float32 resolves to a dtype value; calling it must be refused, not dereferenced.
+    const auto inst = vm_outcome("(itorch\nfloat32\n.");
+    CHECK(inst.code == "malformed");
+    CHECK(contains(inst.message, "pickle offset 1)"));
+    CHECK(vm_outcome(proto(2) + "(" + k(1) + "itorch\nbfloat16\n.").code == "malformed");
+    CHECK(vm_outcome("(ctorch\nfloat32\no.").code == "malformed");
 }
 
 TEST_CASE("pickle_vm: PERSID and BINPERSID go through the persistent loader") {
@@ -558,10 +590,10 @@ TEST_CASE("pickle_vm: forbidden globals name themselves and their offset") {
         {global("numpy", "load") + ".", "numpy.load", 0},
         {global("collections", "OrderedDict ") + ".", "collections.OrderedDict ", 0},  // exact only
         {head4 + op(0x93) + "(" + binunicode("1") + "tR.", "builtins.eval", head4.size()},
-        {os4 + op(0x93) + ")" + op(0x81) + ".", "os.system", os4.size()},        // NEWOBJ
-        {os4 + op(0x93) + ")}" + op(0x92) + ".", "os.system", os4.size()},       // NEWOBJ_EX
-        {"(" + binunicode("id") + "ios\nsystem\n.", "os.system", 8},             // INST
-        {"(cos\nsystem\n" + binunicode("id") + "o.", "os.system", 1},            // OBJ
+        {os4 + op(0x93) + ")" + op(0x81) + ".", "os.system", os4.size()},   // NEWOBJ
+        {os4 + op(0x93) + ")}" + op(0x92) + ".", "os.system", os4.size()},  // NEWOBJ_EX
+        {"(" + binunicode("id") + "ios\nsystem\n.", "os.system", 8},        // INST
+        {"(cos\nsystem\n" + binunicode("id") + "o.", "os.system", 1},       // OBJ
     };
     for (const auto& c : cases) {
         INFO("global " << c.name);
@@ -576,8 +608,9 @@ TEST_CASE("pickle_vm: forbidden globals name themselves and their offset") {
 }
 
 TEST_CASE("pickle_vm: EXT1/EXT2/EXT4 are refused") {
-    for (const auto& pickle : {proto(2) + op(0x82) + op(1) + ".", proto(2) + op(0x83) + le(1, 2) + ".",
-                               proto(2) + op(0x84) + le(1, 4) + "."}) {
+    for (const auto& pickle :
+         {proto(2) + op(0x82) + op(1) + ".", proto(2) + op(0x83) + le(1, 2) + ".",
+          proto(2) + op(0x84) + le(1, 4) + "."}) {
         const auto result = vm_outcome(pickle);
         CHECK(result.code == "forbidden_global");
         CHECK(contains(result.message, "pickle offset 2)"));
@@ -596,7 +629,8 @@ TEST_CASE("pickle_vm: out-of-band buffers are unsupported") {
 }
 
 TEST_CASE("pickle_vm: unknown opcodes are malformed") {
-    for (const unsigned byte : {0x00u, 0x99u, 0xffu, unsigned('A'), unsigned('z'), unsigned('\n')}) {
+    for (const unsigned byte :
+         {0x00u, 0x99u, 0xffu, unsigned('A'), unsigned('z'), unsigned('\n')}) {
         INFO("opcode " << byte);
         const auto result = vm_outcome(proto(2) + op(byte) + ".");
         CHECK(result.code == "malformed");
@@ -606,20 +640,22 @@ TEST_CASE("pickle_vm: unknown opcodes are malformed") {
 }
 
 TEST_CASE("pickle_vm: every truncation of a valid pickle is malformed") {
-    const std::string protocol0 = "(dp0\nS'a'\np1\n(lp2\nI1\naF2.5\naVx\np3\naL5L\nag0\nas.";
+    const std::string protocol0 = "(dp0\nS'a'\np1\n(lp2\nI1\naF2.5\naVx\np3\naL5L\nag1\nas.";
     const std::string protocol2 =
         proto(2) + global("collections", "OrderedDict") + binput(0) + ")R" + binput(1) + "(" +
         binunicode("weight") + binput(2) + "J" + le(0xFFFFFFFE, 4) + "M" + le(300, 2) + op(0x8a) +
-        op(2) + std::string("\x00\x80", 2) + "G" + std::string("\x3f\xf8\x00\x00\x00\x00\x00\x00", 8) +
-        op(0x87) + "U" + op(3) + "key" + "T" + le(2, 4) + "ab" + op(0x86) + "]" + "r" + le(70000, 4) +
-        "(" + op(0x88) + op(0x89) + "N" + "e" + "j" + le(70000, 4) + "0" + "2" + "a" + "u" + "." ;
+        op(2) + std::string("\x00\x80", 2) + "G" +
+        std::string("\x3f\xf8\x00\x00\x00\x00\x00\x00", 8) + op(0x87) + "U" + op(3) + "key" + "T" +
+        le(2, 4) + "ab" + op(0x86) + binunicode("l") + "]" + "r" + le(70000, 4) + "(" + op(0x88) +
+        op(0x89) + "N" + "e" + "j" + le(70000, 4) + "0" + k(5) + "2" + "0" + "a" + "u" + ".";
     const std::string protocol4_body =
         short_binunicode("collections") + op(0x94) + short_binunicode("OrderedDict") + op(0x94) +
-        op(0x93) + op(0x94) + ")R" + op(0x94) + "(" + short_binunicode("a") + op(0x94) + "B" +
-        le(2, 4) + "hi" + "C" + op(1) + "x" + op(0x8e) + le(1, 8) + "y" + op(0x96) + le(1, 8) + "z" +
-        op(0x8d) + le(2, 8) + "\xc3\xa9" + op(0x8f) + "(" + k(1) + op(0x90) + "(" + k(2) + op(0x91) +
-        op(0x8b) + le(1, 4) + "\x05" + "t" + "u.";
-    const std::string protocol4 = proto(4) + op(0x95) + le(protocol4_body.size(), 8) + protocol4_body;
+        op(0x93) + op(0x94) + ")R" + op(0x94) + "(" + short_binunicode("a") + op(0x94) + "(" + "B" +
+        le(2, 4) + "hi" + "C" + op(1) + "x" + op(0x8e) + le(1, 8) + "y" + op(0x96) + le(1, 8) +
+        "z" + op(0x8d) + le(2, 8) + "\xc3\xa9" + op(0x8f) + "(" + k(1) + op(0x90) + "(" + k(2) +
+        op(0x91) + op(0x8b) + le(1, 4) + "\x05" + "t" + "u.";
+    const std::string protocol4 =
+        proto(4) + op(0x95) + le(protocol4_body.size(), 8) + protocol4_body;
     for (const auto* pickle : {&protocol0, &protocol2, &protocol4}) {
         REQUIRE(vm_outcome(*pickle).code == "ok");
         for (std::size_t n = 0; n < pickle->size(); ++n) {
@@ -640,18 +676,17 @@ TEST_CASE("pickle_vm: stack underflow and missing MARKs") {
     CHECK(vm_outcome("s.").code == "malformed");
     CHECK(vm_outcome(k(1) + "a.").code == "malformed");
     CHECK(vm_outcome(")R.").code == "malformed");
-    CHECK(vm_outcome("N" + std::string("b") + ".").code == "malformed");
+    CHECK(vm_outcome("Nb.").code == "malformed");
     CHECK(vm_outcome("q" + op(0) + ".").code == "malformed");  // BINPUT of nothing
     // Pops may not reach below the innermost MARK.
     CHECK(vm_outcome(k(1) + "(" + op(0x85) + ".").code == "malformed");
     CHECK(vm_outcome(k(1) + "(2.").code == "malformed");
     CHECK(vm_outcome("]" + k(1) + "(a.").code == "malformed");
     // Opcodes that need a MARK.
-    for (const auto& pickle : {k(1) + "t.", "]" + k(1) + "e.", "}" + k(1) + k(2) + "u.", k(1) + "l.",
-                               k(1) + "d.", k(1) + "1.", op(0x8f) + k(1) + op(0x90) + ".",
-                               k(1) + op(0x91) + ".", std::string("o."),
-                               std::string("ccollections\nOrderedDict\n.").substr(0, 0) +
-                                   "icollections\nOrderedDict\n."}) {
+    for (const auto& pickle :
+         {k(1) + "t.", "]" + k(1) + "e.", "}" + k(1) + k(2) + "u.", k(1) + "l.", k(1) + "d.",
+          k(1) + "1.", op(0x8f) + k(1) + op(0x90) + ".", k(1) + op(0x91) + ".", std::string("o."),
+          std::string("icollections\nOrderedDict\n.")}) {
         INFO(pickle);
         const auto result = vm_outcome(pickle);
         CHECK(result.code == "malformed");
@@ -703,18 +738,18 @@ TEST_CASE("pickle_vm: STOP must leave exactly one value") {
 
 TEST_CASE("pickle_vm: strings must be valid UTF-8 without surrogates") {
     CHECK(vm_outcome(binunicode("\xff") + ".").code == "malformed");
-    CHECK(vm_outcome(binunicode("\xed\xa0\x80") + ".").code == "malformed");  // U+D800
-    CHECK(vm_outcome(binunicode("\xed\xbf\xbf") + ".").code == "malformed");  // U+DFFF
-    CHECK(vm_outcome(binunicode("\xc0\xaf") + ".").code == "malformed");      // overlong '/'
-    CHECK(vm_outcome(binunicode("\xe0\x80\xaf") + ".").code == "malformed");  // overlong
+    CHECK(vm_outcome(binunicode("\xed\xa0\x80") + ".").code == "malformed");      // U+D800
+    CHECK(vm_outcome(binunicode("\xed\xbf\xbf") + ".").code == "malformed");      // U+DFFF
+    CHECK(vm_outcome(binunicode("\xc0\xaf") + ".").code == "malformed");          // overlong '/'
+    CHECK(vm_outcome(binunicode("\xe0\x80\xaf") + ".").code == "malformed");      // overlong
     CHECK(vm_outcome(binunicode("\xf4\x90\x80\x80") + ".").code == "malformed");  // > U+10FFFF
-    CHECK(vm_outcome(binunicode("\xe2\x82") + ".").code == "malformed");      // truncated
-    CHECK(vm_outcome(binunicode("\x80") + ".").code == "malformed");          // lone continuation
+    CHECK(vm_outcome(binunicode("\xe2\x82") + ".").code == "malformed");          // truncated
+    CHECK(vm_outcome(binunicode("\x80") + ".").code == "malformed");  // lone continuation
     CHECK(vm_outcome(short_binunicode("\xed\xa0\x80") + ".").code == "malformed");
     CHECK(vm_outcome(op(0x8d) + le(1, 8) + "\xfe.").code == "malformed");
     CHECK(vm_outcome("T" + le(1, 4) + "\xc3.").code == "malformed");
     CHECK(run_repr(binunicode("\xf0\x9f\x98\x80") + ".") == "'\xf0\x9f\x98\x80'");
-    CHECK(run_repr(binunicode("\xed\x9f\xbf") + ".") == "'\xed\x9f\xbf'");  // U+D7FF
+    CHECK(run_repr(binunicode("\xed\x9f\xbf") + ".") == "'\xed\x9f\xbf'");          // U+D7FF
     CHECK(run_repr(binunicode("\xf4\x8f\xbf\xbf") + ".") == "'\xf4\x8f\xbf\xbf'");  // U+10FFFF
     CHECK(run_repr(binunicode(std::string("a\0b", 3)) + ".") == std::string("'a\0b'", 5));
 
@@ -800,8 +835,8 @@ TEST_CASE("pickle_vm: max_objects") {
 // ===========================================================================
 
 TEST_CASE("pickle_vm: a plain pickle converts to an object description without tensors") {
-    const std::string pickle = proto(2) + "}(" + binunicode("a") + k(1) + binunicode("b") + "]" +
-                               op(0x88) + "au.";
+    const std::string pickle =
+        proto(2) + "}(" + binunicode("a") + k(1) + binunicode("b") + "]" + op(0x88) + "au.";
     const auto conversion = Conversion::plan(bytes_of(pickle), weights(), {});
     CHECK(conversion.format() == InputFormat::pickle);
     CHECK(conversion.pickle_protocol() == 2);
@@ -864,7 +899,8 @@ TEST_CASE("pickle_vm: deep nesting is too_large, not a stack overflow") {
     CHECK(result.code == "too_large");
     CHECK(contains(result.message, "max_nesting_depth"));
     // Within the nesting limit the same shape converts.
-    CHECK(plan_outcome(proto(2) + std::string(500, ']') + std::string(499, 'a') + ".").code == "ok");
+    CHECK(plan_outcome(proto(2) + std::string(500, ']') + std::string(499, 'a') + ".").code ==
+          "ok");
     // 200,000 deep in the VM alone: the arena tears it down without recursion.
     Machine machine;
     const auto value =

@@ -150,9 +150,11 @@ TEST_CASE("sandbox: the memory cap ends a hungry worker", "[sandbox]") {
 
 TEST_CASE("sandbox: fixtures convert through the worker as in-process", "[sandbox]") {
     auto options = base_options();
-    options.policy_json = sandbox::load_policy_text("weights", std::string(PICKLEJAIL_SOURCE_DIR) + "/policies");
+    options.policy_json =
+        sandbox::load_policy_text("weights", std::string(PICKLEJAIL_SOURCE_DIR) + "/policies");
     const auto fds_before = open_fd_count();
-    for (const std::string file : {"torch-2.11/train_checkpoint.pt", "torch-1.13/legacy_format.pt", "torch-2.11/dtypes.pt"}) {
+    for (const std::string file : {"torch-2.11/train_checkpoint.pt", "torch-1.13/legacy_format.pt",
+                                   "torch-2.11/dtypes.pt"}) {
         INFO(file);
         const auto path = std::string(PICKLEJAIL_SOURCE_DIR) + "/tests/fixtures/" + file;
         const int in = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -167,7 +169,8 @@ TEST_CASE("sandbox: fixtures convert through the worker as in-process", "[sandbo
         CHECK(static_cast<std::uint64_t>(st.st_size) == result.output_size);
     }
     {
-        const auto path = std::string(PICKLEJAIL_SOURCE_DIR) + "/tests/fixtures/torch-2.11/whole_module.pt";
+        const auto path =
+            std::string(PICKLEJAIL_SOURCE_DIR) + "/tests/fixtures/torch-2.11/whole_module.pt";
         const int in = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
         const auto out = ipc::create_image_memfd("test-out");
         const auto rejected = sandbox::run_worker(in, out.get(), options);
