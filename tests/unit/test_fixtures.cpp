@@ -13,6 +13,7 @@
 #include "ipc/safetensors_check.hpp"
 #include "loader/checkpoint_loader.hpp"
 #include "sandbox/policy_files.hpp"
+#include "test_support.hpp"
 
 namespace {
 
@@ -44,10 +45,7 @@ std::string sha256_hex(std::span<const std::byte> bytes) {
     return out;
 }
 
-loader::Policy policy_named(const std::string& name) {
-    return loader::Policy::from_json(
-        sandbox::load_policy_text(name, std::string(PICKLEJAIL_SOURCE_DIR) + "/policies"));
-}
+using test::policy_named;
 
 // Converts `file` and checks every manifest tensor against the output.
 void check_loads(const std::string& path, const nlohmann::json& expected) {

@@ -23,40 +23,22 @@
 #include "loader/policy.hpp"
 #include "loader/storage_table.hpp"
 #include "sandbox/policy_files.hpp"
+#include "test_support.hpp"
 
 namespace {
 
 using picklejail::Error;
 using picklejail::ErrorCode;
 using namespace picklejail::loader;
+using picklejail::test::le;
+using picklejail::test::op;
+using picklejail::test::policy_named;
 
-// ---- policies -------------------------------------------------------------
-
-const Policy& policy_named(const std::string& name) {
-    static std::map<std::string, Policy> cache;
-    auto it = cache.find(name);
-    if (it == cache.end()) {
-        const std::string text = picklejail::sandbox::load_policy_text(
-            name, std::string(PICKLEJAIL_SOURCE_DIR) + "/policies");
-        it = cache.emplace(name, Policy::from_json(text)).first;
-    }
-    return it->second;
-}
 const Policy& weights() {
     return policy_named("weights");
 }
 
 // ---- pickle assembly ------------------------------------------------------
-
-std::string op(unsigned value) {
-    return std::string(1, static_cast<char>(value));
-}
-
-std::string le(std::uint64_t value, int width) {
-    std::string out;
-    for (int i = 0; i < width; ++i) out += static_cast<char>((value >> (8 * i)) & 0xFF);
-    return out;
-}
 
 std::string proto(unsigned version) {
     return op(0x80) + op(version);

@@ -22,6 +22,7 @@
 #include "loader/checkpoint_loader.hpp"
 #include "loader/zip_archive.hpp"
 #include "sandbox/policy_files.hpp"
+#include "test_support.hpp"
 
 // Views and archives are written with designated initializers that leave the
 // defaulted members out on purpose.
@@ -31,12 +32,12 @@ namespace {
 
 using picklejail::Error;
 using namespace picklejail::loader;
+using picklejail::test::le;
+using picklejail::test::op;
 using Bytes = std::vector<std::byte>;
 
 const Policy& weights() {
-    static const Policy policy = Policy::from_json(picklejail::sandbox::load_policy_text(
-        "weights", std::string(PICKLEJAIL_SOURCE_DIR) + "/policies"));
-    return policy;
+    return picklejail::test::policy_named("weights");
 }
 
 // ---- zip writing ----------------------------------------------------------
@@ -123,16 +124,6 @@ void patch_uncompressed_size(Bytes& zip, std::size_t index, std::uint32_t size) 
 }
 
 // ---- data.pkl assembly ----------------------------------------------------
-
-std::string op(unsigned value) {
-    return std::string(1, static_cast<char>(value));
-}
-
-std::string le(std::uint64_t value, int width) {
-    std::string out;
-    for (int i = 0; i < width; ++i) out += static_cast<char>((value >> (8 * i)) & 0xFF);
-    return out;
-}
 
 std::string str(std::string_view s) {
     return "X" + le(s.size(), 4) + std::string(s);
