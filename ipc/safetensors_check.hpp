@@ -20,7 +20,7 @@ struct CheckLimits {
     std::uint64_t max_header_bytes = 100'000'000;  // reference MAX_HEADER_SIZE
     std::uint64_t max_tensors = 10'000'000;
     std::size_t max_rank = 64;
-    std::size_t max_name_bytes = 64 * 1024;
+    std::size_t max_name_bytes = std::size_t{64} * 1024;
     std::size_t max_json_depth = 8;  // header JSON nesting
 };
 

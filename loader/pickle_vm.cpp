@@ -766,7 +766,7 @@ void PickleVm::op_build() {
     build(target, state, ctx_);
 }
 
-void PickleVm::op_persistent(ValuePtr pid) {
+void PickleVm::op_persistent(const ValuePtr& pid) {
     if (!persistent_) {
         fail(ErrorCode::unsupported,
              "persistent id in a plain pickle (only torch.save containers supply storages)");

@@ -49,7 +49,7 @@ class PickleVm {
     void op_reduce();
     void op_newobj(bool with_kwargs);
     void op_build();
-    void op_persistent(ValuePtr pid);
+    void op_persistent(const ValuePtr& pid);
     void op_setitems(std::vector<ValuePtr> items);
     void op_appends(std::vector<ValuePtr> items);
     void op_additems(std::vector<ValuePtr> items);
