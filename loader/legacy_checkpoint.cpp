@@ -67,14 +67,13 @@ ReadResult read_legacy_checkpoint(std::span<const std::byte> input, std::size_t 
     for (const auto& key_value : key_list->items) {
         const auto* key = key_value->as<StringValue>();
         if (key == nullptr) throw Error(ErrorCode::malformed, "legacy storage key is not a str");
-        const auto it = std::find_if(declared.begin(), declared.end(), [&](std::uint32_t i) {
-            return ctx.storages.at(i).key == key->utf8;
-        });
-        if (it == declared.end()) {
+        // Only storages the main pickle declared exist in the table at this point.
+        const auto index = ctx.storages.find(key->utf8);
+        if (!index) {
             throw Error(ErrorCode::malformed,
                         "legacy storage \"" + key->utf8 + "\" is not used by the pickle");
         }
-        Storage& storage = ctx.storages.at(*it);
+        Storage& storage = ctx.storages.at(*index);
         if (storage.bound)
             throw Error(ErrorCode::malformed, "legacy storage \"" + key->utf8 + "\" appears twice");
         const std::uint64_t count = reader.le<8>("legacy storage size");
@@ -85,7 +84,7 @@ ReadResult read_legacy_checkpoint(std::span<const std::byte> input, std::size_t 
                                                   " elements but its persistent id declares " +
                                                   std::to_string(storage.nbytes / elsize));
         }
-        ctx.storages.bind(*it, reader.take(storage.nbytes, "legacy storage data"), false);
+        ctx.storages.bind(*index, reader.take(storage.nbytes, "legacy storage data"), false);
     }
     if (!reader.at_end())
         throw Error(ErrorCode::malformed, "legacy checkpoint has bytes after its last storage");

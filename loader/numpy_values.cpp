@@ -177,13 +177,14 @@ void numpy_build(const ValuePtr& target, const ValuePtr& state, CallContext& ctx
     const auto type = numpy_type_of(s[2], ctx);
     const auto shape = shape_of(s[1], ctx);
     const auto fortran = as_int(*s[3]).value_or(0) != 0;
-    ValuePtr tensor =
-        tensor_from_bytes(bytes_of(s[4], ctx), type.dtype, shape, fortran, type.big_endian, ctx);
+    // Refuse before copying the array's bytes into a storage nobody will use.
     if (!ctx.policy.numpy_arrays_as_tensors()) {
         fail_at(ctx, ErrorCode::unsupported,
                 "numpy array found but policy \"" + ctx.policy.name() +
                     "\" does not turn arrays into tensors");
     }
+    ValuePtr tensor =
+        tensor_from_bytes(bytes_of(s[4], ctx), type.dtype, shape, fortran, type.big_endian, ctx);
     // Replace the record in place so every memo reference sees the tensor.
     target->v = std::move(tensor->v);
 }

@@ -6,8 +6,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "loader/dtype.hpp"
@@ -38,6 +40,12 @@ class StorageTable {
     // (the CVE-2026-24747 lesson).
     void bind(std::uint32_t index, std::span<const std::byte> bytes, bool big_endian);
 
+    // The index of an already declared key.
+    [[nodiscard]] std::optional<std::uint32_t> find(std::string_view key) const {
+        const auto it = by_key_.find(key);
+        if (it == by_key_.end()) return std::nullopt;
+        return it->second;
+    }
     [[nodiscard]] const Storage& at(std::uint32_t index) const { return storages_.at(index); }
     [[nodiscard]] Storage& at(std::uint32_t index) { return storages_.at(index); }
     [[nodiscard]] std::size_t size() const noexcept { return storages_.size(); }
