@@ -1,5 +1,7 @@
 #include "loader/checkpoint_loader.hpp"
 
+#include <set>
+
 #include <nlohmann/json.hpp>
 
 #include "loader/checkpoint_readers.hpp"
@@ -66,6 +68,20 @@ std::vector<TensorSource> tensor_sources(const FlattenedObject& flat,
     return out;
 }
 
+// Drops the tensors and aliases a selection does not ask for. A stored
+// tensor stays when any name it is reachable under matches.
+void apply_selection(FlattenedObject& flat, const Selection& select) {
+    if (select.empty()) return;
+    std::set<std::string> wanted;
+    for (const auto& [alias, kept] : flat.aliases) {
+        if (select.matches(alias)) wanted.insert(kept);
+    }
+    std::erase_if(flat.tensors, [&](const NamedTensor& t) {
+        return !select.matches(t.name) && !wanted.contains(t.name);
+    });
+    std::erase_if(flat.aliases, [&](const auto& entry) { return !select.matches(entry.first); });
+}
+
 std::map<std::string, std::string> build_metadata(const FlattenedObject& flat, InputFormat format,
                                                   const PickleInfo& pickle) {
     std::map<std::string, std::string> metadata{
@@ -103,19 +119,29 @@ std::string_view to_string(InputFormat format) noexcept {
     return "unknown";
 }
 
+bool Selection::matches(std::string_view name) const noexcept {
+    for (const auto& entry : entries) {
+        if (!name.starts_with(entry)) continue;
+        if (name.size() == entry.size() || entry.ends_with('.') || name[entry.size()] == '.')
+            return true;
+    }
+    return false;
+}
+
 Conversion::Conversion(Conversion&&) noexcept = default;
 Conversion& Conversion::operator=(Conversion&&) noexcept = default;
 Conversion::~Conversion() = default;
 
 Conversion Conversion::plan(std::span<const std::byte> input, const Policy& policy,
-                            const Limits& limits) {
+                            const Limits& limits, const Selection& select) {
     Conversion conversion;
     conversion.owned_ = std::make_unique<Owned>(limits);
     Owned& owned = *conversion.owned_;
     ObjectArena arena(owned.limits);  // values die with this scope; only plain data leaves it
     CallContext ctx{policy, owned.limits, owned.storages, arena};
     const Parsed parsed = parse_input(input, ctx);
-    const FlattenedObject flat = flatten_object(parsed.read.root, owned.limits);
+    FlattenedObject flat = flatten_object(parsed.read.root, owned.limits);
+    apply_selection(flat, select);
     conversion.format_ = parsed.format;
     conversion.protocol_ = parsed.read.pickle.protocol;
     conversion.globals_ = parsed.read.pickle.globals;

@@ -27,11 +27,22 @@ inline constexpr std::string_view kMetaComplex128 = "picklejail.complex128";
 inline constexpr std::string_view kMetaGlobals = "picklejail.globals";
 inline constexpr std::string_view kMetaProtocol = "picklejail.pickle_protocol";
 
+// A request for part of a file: a tensor is kept when its stored or alias
+// name equals an entry, starts with an entry followed by '.', or starts with
+// an entry that itself ends with '.'. Empty: keep everything.
+struct Selection {
+    std::vector<std::string> entries;
+    [[nodiscard]] bool empty() const noexcept { return entries.empty(); }
+    [[nodiscard]] bool matches(std::string_view name) const noexcept;
+};
+
 class Conversion {
   public:
     // Parses `input` under `policy`; every failure throws picklejail::Error.
+    // Only tensors `select` matches are written; the object description
+    // still describes the whole file.
     [[nodiscard]] static Conversion plan(std::span<const std::byte> input, const Policy& policy,
-                                         const Limits& limits);
+                                         const Limits& limits, const Selection& select = {});
 
     Conversion(Conversion&&) noexcept;
     Conversion& operator=(Conversion&&) noexcept;

@@ -13,6 +13,7 @@
 #include <array>
 #include <csignal>
 #include <cstring>
+#include <nlohmann/json.hpp>
 #include <vector>
 
 #include "ipc/file_mapping.hpp"
@@ -55,6 +56,21 @@ Identity unprivileged_identity() {
     return {65534, 65534};
 }
 
+// True when the process behind `pidfd` ended before the deadline.
+bool wait_for_exit(int pidfd, std::chrono::milliseconds deadline) {
+    pollfd pfd{pidfd, POLLIN, 0};
+    const auto end = std::chrono::steady_clock::now() + deadline;
+    for (;;) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+            end - std::chrono::steady_clock::now());
+        if (left.count() <= 0) return false;
+        const int rc =
+            ::poll(&pfd, 1, static_cast<int>(std::min<long long>(left.count(), 1 << 30)));
+        if (rc > 0) return true;
+        if (rc < 0 && errno != EINTR) return false;
+    }
+}
+
 // A started worker: killed and reaped on every exit path.
 class ChildProcess {
   public:
@@ -67,22 +83,14 @@ class ChildProcess {
             (void)reap();
         }
     }
-    [[nodiscard]] pid_t pid() const noexcept { return pid_; }
-    // True when the worker ended before the deadline.
-    [[nodiscard]] bool wait_until(std::chrono::milliseconds deadline) const {
-        pollfd pfd{pidfd_.get(), POLLIN, 0};
-        const auto end = std::chrono::steady_clock::now() + deadline;
-        for (;;) {
-            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-                end - std::chrono::steady_clock::now());
-            if (left.count() <= 0) return false;
-            const int rc =
-                ::poll(&pfd, 1, static_cast<int>(std::min<long long>(left.count(), 1 << 30)));
-            if (rc > 0) return true;
-            if (rc < 0 && errno != EINTR) return false;
-        }
+    ChildProcess(ChildProcess&& other) noexcept
+        : pid_(other.pid_), pidfd_(std::move(other.pidfd_)), reaped_(other.reaped_) {
+        other.reaped_ = true;
     }
-    void kill() const { (void)::syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGKILL, nullptr, 0); }
+    ChildProcess& operator=(ChildProcess&&) = delete;
+    [[nodiscard]] pid_t pid() const noexcept { return pid_; }
+    [[nodiscard]] int pidfd() const noexcept { return pidfd_.get(); }
+    void kill() const noexcept { (void)::syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGKILL, nullptr, 0); }
     struct Status {
         int wait_status = 0;
         rusage usage{};
@@ -119,6 +127,7 @@ PreparedExec prepare_exec(const SpawnOptions& options, std::uint64_t input_size,
     if (options.selftest_act) add("--selftest", *options.selftest_act);
     if (!options.policy_json.empty()) add("--policy-json", options.policy_json);
     if (!options.limits_json.empty()) add("--limits-json", options.limits_json);
+    if (!options.select.empty()) add("--select-json", nlohmann::json(options.select).dump());
     const std::uint64_t memory =
         options.memory_bytes != 0 ? options.memory_bytes : 2 * input_size + kHeapAllowance;
     add("--address-space", std::to_string(memory));
@@ -262,32 +271,66 @@ std::filesystem::path default_worker_path() {
     return (ec ? std::filesystem::path(".") : exe.parent_path()) / "picklejail-worker";
 }
 
-JobResult run_worker(int input_fd, int output_fd, const SpawnOptions& options,
-                     void (*on_started)(pid_t, void*), void* on_started_context) {
+struct RunningJob::State {
+    std::unique_ptr<ChildProcess> child;
+    UniqueFd result_read;
+    UniqueFd output;  // a duplicate: the caller may close its own fd meanwhile
+    bool isolated = false;
+    bool selftest = false;
+    bool finished = false;
+};
+
+RunningJob::RunningJob(std::unique_ptr<State> state) : state_(std::move(state)) {}
+RunningJob::RunningJob(RunningJob&&) noexcept = default;
+RunningJob& RunningJob::operator=(RunningJob&&) noexcept = default;
+RunningJob::~RunningJob() = default;  // ChildProcess kills and reaps an unfinished worker
+
+pid_t RunningJob::pid() const noexcept { return state_->child->pid(); }
+int RunningJob::pidfd() const noexcept { return state_->child->pidfd(); }
+void RunningJob::kill() const noexcept { state_->child->kill(); }
+
+JobResult RunningJob::finish(bool timed_out) {
+    if (state_->finished) throw Error(ErrorCode::internal, "worker job finished twice");
+    if (timed_out) kill();
+    const auto status = state_->child->reap();
+    state_->finished = true;
+    JobResult result = classify(status, timed_out, read_result(state_->result_read.get()));
+    result.isolated = state_->isolated;
+    result.pid = pid();
+    if (result.status == ErrorCode::ok && !state_->selftest)
+        verify_output(state_->output.get(), result);
+    return result;
+}
+
+RunningJob start_worker(int input_fd, int output_fd, const SpawnOptions& options) {
     const std::uint64_t input_size =
         options.selftest_act ? 0 : ipc::regular_file_size(input_fd, "input");
     const bool isolate = options.isolate && ::geteuid() == 0;
     const PreparedExec exec = prepare_exec(options, input_size, isolate);
     int pipe_fds[2];
     if (::pipe2(pipe_fds, O_CLOEXEC) != 0) spawn_fail("pipe2");
-    UniqueFd result_read(pipe_fds[0]);
+    auto state = std::make_unique<RunningJob::State>();
+    state->result_read.reset(pipe_fds[0]);
     UniqueFd result_write(pipe_fds[1]);
     const UniqueFd in = dup_high(input_fd);
-    const UniqueFd out = dup_high(output_fd);
-    UniqueFd result_fd = dup_high(result_write.get());
-    ChildProcess child = start_child(exec, in.get(), out.get(), result_fd.get(), isolate);
-    result_write.reset();  // only the worker holds the write end now, so EOF means it is gone
-    result_fd.reset();
-    if (on_started != nullptr) on_started(child.pid(), on_started_context);
+    state->output = dup_high(output_fd);
+    {
+        const UniqueFd result_fd = dup_high(result_write.get());
+        state->child = std::make_unique<ChildProcess>(
+            start_child(exec, in.get(), state->output.get(), result_fd.get(), isolate));
+    }
+    // Only the worker holds the result pipe's write end now, so EOF means it is gone.
+    state->isolated = isolate;
+    state->selftest = options.selftest_act.has_value();
+    return RunningJob(std::move(state));
+}
 
-    const bool finished = child.wait_until(options.deadline);
-    if (!finished) child.kill();
-    const auto status = child.reap();
-    JobResult result = classify(status, !finished, read_result(result_read.get()));
-    result.isolated = isolate;
-    result.pid = child.pid();
-    if (result.status == ErrorCode::ok && !options.selftest_act) verify_output(output_fd, result);
-    return result;
+JobResult run_worker(int input_fd, int output_fd, const SpawnOptions& options,
+                     void (*on_started)(pid_t, void*), void* on_started_context) {
+    RunningJob job = start_worker(input_fd, output_fd, options);
+    if (on_started != nullptr) on_started(job.pid(), on_started_context);
+    const bool finished = wait_for_exit(job.pidfd(), options.deadline);
+    return job.finish(!finished);
 }
 
 std::string describe(const JobResult& result) {

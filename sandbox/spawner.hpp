@@ -8,8 +8,10 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "common/error.hpp"
 
@@ -19,6 +21,7 @@ struct SpawnOptions {
     std::filesystem::path worker;  // empty: default_worker_path()
     std::string policy_json;       // self-contained policy text
     std::string limits_json;       // optional loader limit overrides
+    std::vector<std::string> select;  // tensor names or prefixes; empty: all
     std::chrono::milliseconds deadline{60'000};
     std::uint64_t memory_bytes = 0;           // RLIMIT_AS; 0: 2 × input + 1 GiB
     std::uint64_t output_bytes = 1ULL << 40;  // RLIMIT_FSIZE on the output
@@ -40,6 +43,34 @@ struct JobResult {
 
 // <dir of this executable>/picklejail-worker, or $PICKLEJAIL_WORKER.
 [[nodiscard]] std::filesystem::path default_worker_path();
+
+// A worker that has been started and not yet collected. Destroying it kills
+// and reaps the worker, so no exit path leaks a process.
+class RunningJob {
+  public:
+    struct State;
+    explicit RunningJob(std::unique_ptr<State> state);
+    RunningJob(RunningJob&&) noexcept;
+    RunningJob& operator=(RunningJob&&) noexcept;
+    ~RunningJob();
+
+    [[nodiscard]] pid_t pid() const noexcept;
+    // Becomes readable (poll/epoll) when the worker has exited.
+    [[nodiscard]] int pidfd() const noexcept;
+    void kill() const noexcept;
+    // Reaps the worker (killing it first when `timed_out`), classifies how it
+    // ended, and seals and checks its output. Call once, after pidfd() is
+    // readable or with timed_out set; otherwise it blocks until the worker exits.
+    [[nodiscard]] JobResult finish(bool timed_out);
+
+  private:
+    std::unique_ptr<State> state_;
+};
+
+// Starts the worker on `input_fd`, writing into `output_fd`, and returns at
+// once; the caller waits on pidfd() and enforces the deadline. Used by the
+// daemon, whose event loop must not block.
+[[nodiscard]] RunningJob start_worker(int input_fd, int output_fd, const SpawnOptions& options);
 
 // Runs the worker on `input_fd`, writing into `output_fd` (a memfd, sealed
 // here after the worker exits, or a regular file). On success the output is

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <map>
 #include <new>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "common/error.hpp"
@@ -31,6 +32,7 @@ namespace ipc = picklejail::ipc;
 struct WorkerArgs {
     std::string policy_json;
     std::string limits_json;
+    std::string select_json;
     std::string selftest;
     sandbox::ConfineOptions confine;
 };
@@ -53,6 +55,7 @@ WorkerArgs parse_args(int argc, char** argv) {
     WorkerArgs args;
     args.policy_json = flags["--policy-json"];
     args.limits_json = flags["--limits-json"];
+    args.select_json = flags["--select-json"];
     args.selftest = flags["--selftest"];
     auto& c = args.confine;
     if (flags.count("--parent"))
@@ -72,6 +75,19 @@ WorkerArgs parse_args(int argc, char** argv) {
     if (args.policy_json.empty() && args.selftest.empty())
         throw Error(ErrorCode::invalid_request, "worker: --policy-json is required");
     return args;
+}
+
+loader::Selection parse_selection(const std::string& json_text) {
+    loader::Selection select;
+    if (json_text.empty()) return select;
+    const auto parsed = nlohmann::json::parse(json_text, nullptr, false);
+    if (!parsed.is_array()) throw Error(ErrorCode::invalid_request, "worker: bad --select-json");
+    for (const auto& entry : parsed) {
+        if (!entry.is_string())
+            throw Error(ErrorCode::invalid_request, "worker: --select-json entries must be strings");
+        select.entries.push_back(entry.get<std::string>());
+    }
+    return select;
 }
 
 void send_result(const ipc::ResultRecord& record) {
@@ -95,13 +111,14 @@ int convert(const WorkerArgs& args) {
     const auto policy = loader::Policy::from_json(args.policy_json);
     const auto limits =
         args.limits_json.empty() ? loader::Limits{} : loader::limits_from_json(args.limits_json);
+    const auto select = parse_selection(args.select_json);
     auto filter = sandbox::SeccompFilter::worker_policy();
     // Mapping is not reading: the pages are touched only after confinement.
     const auto input_size = ipc::regular_file_size(sandbox::kInputFd, "input");
     const auto input = ipc::map_read_only(sandbox::kInputFd, input_size, "input");
     confine(args, filter);
 
-    const auto conversion = loader::Conversion::plan(input.bytes(), policy, limits);
+    const auto conversion = loader::Conversion::plan(input.bytes(), policy, limits, select);
     {
         auto output = ipc::map_output(sandbox::kOutputFd, conversion.output_size(), "output");
         conversion.write(output.bytes());

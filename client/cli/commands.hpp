@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace picklejail::cli {
 
@@ -12,11 +13,15 @@ struct CommonOptions {
     std::string limits_file;         // optional JSON overrides of loader limits
     unsigned deadline_seconds = 60;  // the worker is killed after this
     std::uint64_t memory_bytes = 0;  // worker address-space cap; 0: 2 × input + 1 GiB
+    std::vector<std::string> select;  // tensor names or prefixes; empty: all
+    int input_fd = -1;                // read the checkpoint from this inherited fd instead
 };
 
 struct ConvertOptions {
     std::string input;
     std::string output;  // empty: input with its extension replaced by .safetensors
+    int output_fd = -1;  // write into this inherited fd (a memfd is sealed) instead of a file
+    bool json = false;   // print a JSON summary on stdout
 };
 
 struct InspectOptions {

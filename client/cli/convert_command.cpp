@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 
 #include "client/cli/commands.hpp"
 #include "client/cli/report_error.hpp"
@@ -47,19 +48,37 @@ class PendingOutput {
     bool committed_ = false;
 };
 
+void print_summary(const std::string& output, const sandbox::JobResult& result,
+                   const CommonOptions& common, bool json) {
+    if (json) {
+        const nlohmann::ordered_json summary{{"output", output},
+                                             {"size", result.output_size},
+                                             {"tensors", result.tensor_count},
+                                             {"policy", common.policy}};
+        std::printf("%s\n", summary.dump().c_str());
+        return;
+    }
+    std::printf("%s: %llu tensors, %llu bytes (policy %s)\n", output.c_str(),
+                static_cast<unsigned long long>(result.tensor_count),
+                static_cast<unsigned long long>(result.output_size), common.policy.c_str());
+}
+
 }  // namespace
 
 int run_convert(const CommonOptions& common, const ConvertOptions& options) {
     return report_errors([&] {
+        if (options.output_fd >= 0) {
+            const auto result = convert_in_sandbox(common, options.input, options.output_fd);
+            print_summary("fd " + std::to_string(options.output_fd), result, common, options.json);
+            return;
+        }
         const std::string output =
             options.output.empty() ? default_output(options.input) : options.output;
         PendingOutput pending(output);
         // The worker writes straight into the destination's temporary file.
         const auto result = convert_in_sandbox(common, options.input, pending.fd());
         pending.commit();
-        std::printf("%s: %llu tensors, %llu bytes (policy %s)\n", output.c_str(),
-                    static_cast<unsigned long long>(result.tensor_count),
-                    static_cast<unsigned long long>(result.output_size), common.policy.c_str());
+        print_summary(output, result, common, options.json);
     });
 }
 

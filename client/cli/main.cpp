@@ -24,6 +24,10 @@ int main(int argc, char** argv) {
             ->capture_default_str();
         command->add_option("--memory", common.memory_bytes,
                             "worker address-space cap in bytes (0: automatic)");
+        command->add_option("--select", common.select,
+                            "only tensors with this name or name prefix (repeatable)");
+        command->add_option("--input-fd", common.input_fd,
+                            "read the checkpoint from this inherited fd (input then only names it)");
     };
 
     ConvertOptions convert;
@@ -32,6 +36,11 @@ int main(int argc, char** argv) {
         ->required();
     convert_cmd->add_option("output", convert.output,
                             "output file (default: input with .safetensors)");
+    convert_cmd
+        ->add_option("--output-fd", convert.output_fd,
+                     "write the image into this inherited fd (a memfd is sealed)")
+        ->excludes(convert_cmd->get_option("output"));
+    convert_cmd->add_flag("--json", convert.json, "print a JSON summary");
     add_common(convert_cmd);
 
     InspectOptions inspect;

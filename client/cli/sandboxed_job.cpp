@@ -28,8 +28,10 @@ sandbox::JobResult convert_in_sandbox(const CommonOptions& common, const std::st
     if (!common.limits_file.empty()) options.limits_json = read_text(common.limits_file);
     options.deadline = std::chrono::seconds(common.deadline_seconds);
     options.memory_bytes = common.memory_bytes;
-    const auto input_fd = ipc::open_read_only(input);
-    auto result = sandbox::run_worker(input_fd.get(), output_fd, options);
+    options.select = common.select;
+    const auto input_fd = common.input_fd >= 0 ? ipc::UniqueFd() : ipc::open_read_only(input);
+    auto result = sandbox::run_worker(common.input_fd >= 0 ? common.input_fd : input_fd.get(),
+                                      output_fd, options);
     if (result.status != ErrorCode::ok) throw Error(result.status, sandbox::describe(result));
     return result;
 }
