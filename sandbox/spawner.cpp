@@ -253,7 +253,11 @@ void verify_output(int output_fd, JobResult& result) {
     }
     try {
         const auto image = ipc::map_read_only(output_fd, size, "worker output");
-        (void)ipc::check_safetensors(image.bytes());
+        const auto index = ipc::check_safetensors(image.bytes());
+        if (const auto it = index.metadata.find("picklejail.source_format");
+            it != index.metadata.end()) {
+            result.source_format = it->second;
+        }
     } catch (const Error& e) {
         result.status = ErrorCode::worker_crashed;
         result.message =

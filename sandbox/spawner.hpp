@@ -36,6 +36,7 @@ struct JobResult {
     int signal = 0;    // the signal that ended the worker, if any
     std::uint64_t output_size = 0;
     std::uint64_t tensor_count = 0;
+    std::string source_format;  // zip, legacy or pickle (from the checked image)
     std::uint64_t peak_rss_kib = 0;
     bool isolated = false;  // namespaces and uid switch were applied
     pid_t pid = 0;          // for diagnostics and tests (already reaped)

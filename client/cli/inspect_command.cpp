@@ -5,6 +5,7 @@
 #include "client/cli/report_error.hpp"
 #include "client/cli/sandboxed_job.hpp"
 #include "ipc/file_mapping.hpp"
+#include "ipc/image_summary.hpp"
 #include "ipc/memfd.hpp"
 #include "ipc/safetensors_check.hpp"
 #include "loader/checkpoint_loader.hpp"
@@ -17,35 +18,6 @@ std::string shape_text(const std::vector<std::uint64_t>& shape) {
     for (std::size_t i = 0; i < shape.size(); ++i)
         out += (i ? ", " : "") + std::to_string(shape[i]);
     return out + "]";
-}
-
-std::string metadata_value(const ipc::SafetensorsIndex& index, std::string_view key) {
-    const auto it = index.metadata.find(std::string(key));
-    return it == index.metadata.end() ? std::string() : it->second;
-}
-
-// Everything inspect shows comes from the checked image the worker produced.
-nlohmann::ordered_json inspect_json(const ipc::SafetensorsIndex& index, const std::string& policy) {
-    nlohmann::ordered_json out;
-    out["format"] = metadata_value(index, loader::kMetaSource);
-    out["pickle_protocol"] = std::atoi(metadata_value(index, loader::kMetaProtocol).c_str());
-    out["policy"] = policy;
-    out["globals"] =
-        nlohmann::ordered_json::parse(metadata_value(index, loader::kMetaGlobals), nullptr, false);
-    if (!out["globals"].is_array()) out["globals"] = nlohmann::ordered_json::array();
-    out["tensors"] = nlohmann::ordered_json::array();
-    for (const auto& t : index.tensors) {
-        out["tensors"].push_back(
-            {{"name", t.name}, {"dtype", t.dtype}, {"shape", t.shape}, {"bytes", t.end - t.begin}});
-    }
-    nlohmann::ordered_json aliases = nlohmann::ordered_json::object();
-    for (const auto& [key, value] : index.metadata) {
-        if (!key.starts_with("picklejail.") && key != loader::kMetaFormat) aliases[key] = value;
-    }
-    out["aliases"] = aliases;
-    out["output_bytes"] =
-        index.data_offset + (index.tensors.empty() ? 0 : index.tensors.back().end);
-    return out;
 }
 
 void print_text(const nlohmann::ordered_json& report) {
@@ -74,7 +46,7 @@ int run_inspect(const CommonOptions& common, const InspectOptions& options) {
         const auto image_fd = ipc::create_image_memfd("picklejail-inspect");
         const auto result = convert_in_sandbox(common, options.input, image_fd.get());
         const auto image = ipc::map_read_only(image_fd.get(), result.output_size, "image");
-        const auto report = inspect_json(ipc::check_safetensors(image.bytes()), common.policy);
+        const auto report = ipc::image_summary(ipc::check_safetensors(image.bytes()), common.policy);
         if (options.json) {
             std::printf("%s\n", report.dump(2).c_str());
         } else {

@@ -1,0 +1,34 @@
+// Counters the `stats` op reports. Plain numbers owned by the server.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.hpp"
+
+namespace picklejail::daemon {
+
+struct Stats {
+    std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+    std::uint64_t connections_total = 0;
+    std::uint64_t connections_open = 0;
+    std::uint64_t connections_refused = 0;
+    std::uint64_t requests = 0;
+    std::map<std::string, std::uint64_t> by_op;
+    std::map<std::string, std::uint64_t> by_code;
+    std::uint64_t bytes_out = 0;
+    std::uint64_t workers_started = 0;
+
+    void count_request(std::string_view op) {
+        ++requests;
+        ++by_op[std::string(op)];
+    }
+    void count_result(ErrorCode code) { ++by_code[std::string(to_string(code))]; }
+    [[nodiscard]] nlohmann::json to_json() const;
+};
+
+}  // namespace picklejail::daemon

@@ -1,0 +1,39 @@
+#include "ipc/image_summary.hpp"
+
+#include <cstdlib>
+#include <string_view>
+
+namespace picklejail::ipc {
+namespace {
+
+std::string metadata_value(const SafetensorsIndex& index, std::string_view key) {
+    const auto it = index.metadata.find(std::string(key));
+    return it == index.metadata.end() ? std::string() : it->second;
+}
+
+}  // namespace
+
+nlohmann::ordered_json image_summary(const SafetensorsIndex& index, const std::string& policy) {
+    nlohmann::ordered_json out;
+    out["format"] = metadata_value(index, "picklejail.source_format");
+    out["pickle_protocol"] = std::atoi(metadata_value(index, "picklejail.pickle_protocol").c_str());
+    out["policy"] = policy;
+    out["globals"] = nlohmann::ordered_json::parse(metadata_value(index, "picklejail.globals"),
+                                                   nullptr, false);
+    if (!out["globals"].is_array()) out["globals"] = nlohmann::ordered_json::array();
+    out["tensors"] = nlohmann::ordered_json::array();
+    for (const auto& t : index.tensors) {
+        out["tensors"].push_back(
+            {{"name", t.name}, {"dtype", t.dtype}, {"shape", t.shape}, {"bytes", t.end - t.begin}});
+    }
+    nlohmann::ordered_json aliases = nlohmann::ordered_json::object();
+    for (const auto& [key, value] : index.metadata) {
+        if (!key.starts_with("picklejail.") && key != "format") aliases[key] = value;
+    }
+    out["aliases"] = aliases;
+    out["output_bytes"] =
+        index.data_offset + (index.tensors.empty() ? 0 : index.tensors.back().end);
+    return out;
+}
+
+}  // namespace picklejail::ipc

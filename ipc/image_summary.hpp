@@ -1,0 +1,17 @@
+// What `picklejail inspect` and the daemon's `inspect` op report about a
+// checked image: format, protocol, globals, tensors and aliases. Built only
+// from the validated header, never from the checkpoint itself.
+#pragma once
+
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "ipc/safetensors_check.hpp"
+
+namespace picklejail::ipc {
+
+[[nodiscard]] nlohmann::ordered_json image_summary(const SafetensorsIndex& index,
+                                                   const std::string& policy);
+
+}  // namespace picklejail::ipc
