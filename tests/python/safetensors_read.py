@@ -51,7 +51,12 @@ def read_raw(path):
     metadata is the `__metadata__` dict ({} when absent).
     """
     with open(path, "rb") as f:
-        blob = f.read()
+        return parse_raw(f.read())
+
+
+def parse_raw(blob):
+    """read_raw over bytes already in memory (a mapped memfd, shm, inline bytes)."""
+    blob = bytes(blob)
     if len(blob) < 8:
         raise FormatError("shorter than the 8-byte header length")
     (n,) = struct.unpack_from("<Q", blob, 0)
