@@ -272,7 +272,14 @@ std::filesystem::path default_worker_path() {
         return env;
     std::error_code ec;
     const auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
-    return (ec ? std::filesystem::path(".") : exe.parent_path()) / "picklejail-worker";
+    const auto dir = ec ? std::filesystem::path(".") : exe.parent_path();
+    // The build tree keeps it beside the binaries; an install puts it in libexec.
+    for (const auto& candidate : {dir / "picklejail-worker",
+                                  dir.parent_path() / "libexec" / "picklejail" / "picklejail-worker",
+                                  std::filesystem::path(PICKLEJAIL_INSTALL_WORKER)}) {
+        if (std::filesystem::is_regular_file(candidate, ec)) return candidate;
+    }
+    return dir / "picklejail-worker";
 }
 
 struct RunningJob::State {

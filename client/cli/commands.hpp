@@ -15,6 +15,8 @@ struct CommonOptions {
     std::uint64_t memory_bytes = 0;  // worker address-space cap; 0: 2 × input + 1 GiB
     std::vector<std::string> select;  // tensor names or prefixes; empty: all
     int input_fd = -1;                // read the checkpoint from this inherited fd instead
+    std::string socket;               // picklejaild socket; empty: $PICKLEJAIL_SOCKET or default
+    bool local = false;               // never use the daemon
 };
 
 struct ConvertOptions {

@@ -1,6 +1,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "client/cli/backend.hpp"
 #include "client/cli/commands.hpp"
 #include "client/cli/report_error.hpp"
 #include "client/cli/sandboxed_job.hpp"
@@ -20,7 +21,7 @@ std::string shape_text(const std::vector<std::uint64_t>& shape) {
     return out + "]";
 }
 
-void print_text(const nlohmann::ordered_json& report) {
+void print_text(const nlohmann::json& report) {
     std::printf("format: %s (pickle protocol %d)\n", report["format"].get<std::string>().c_str(),
                 report["pickle_protocol"].get<int>());
     std::printf("policy: %s\n", report["policy"].get<std::string>().c_str());
@@ -43,10 +44,7 @@ void print_text(const nlohmann::ordered_json& report) {
 
 int run_inspect(const CommonOptions& common, const InspectOptions& options) {
     return report_errors([&] {
-        const auto image_fd = ipc::create_image_memfd("picklejail-inspect");
-        const auto result = convert_in_sandbox(common, options.input, image_fd.get());
-        const auto image = ipc::map_read_only(image_fd.get(), result.output_size, "image");
-        const auto report = ipc::image_summary(ipc::check_safetensors(image.bytes()), common.policy);
+        const auto report = inspect_checkpoint(common, options.input);
         if (options.json) {
             std::printf("%s\n", report.dump(2).c_str());
         } else {

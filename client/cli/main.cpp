@@ -26,16 +26,25 @@ int main(int argc, char** argv) {
                             "worker address-space cap in bytes (0: automatic)");
         command->add_option("--select", common.select,
                             "only tensors with this name or name prefix (repeatable)");
+        command->add_option("--socket", common.socket,
+                            "use picklejaild at this socket (default: $PICKLEJAIL_SOCKET, or "
+                            "/run/picklejail/picklejail.sock when present)");
+        command->add_flag("--local", common.local,
+                          "convert in a local sandboxed worker even when a daemon is running");
         command->add_option("--input-fd", common.input_fd,
                             "read the checkpoint from this inherited fd (input then only names it)");
     };
 
     ConvertOptions convert;
     auto* convert_cmd = app.add_subcommand("convert", "write a checkpoint as a .safetensors file");
-    convert_cmd->add_option("input", convert.input, "checkpoint (.pt, .pth, .bin, .ckpt)")
+    convert_cmd
+        ->add_option("input", convert.input,
+                     "checkpoint (.pt, .pth, .bin, .ckpt), or a sharded index "
+                     "(pytorch_model.bin.index.json or its folder)")
         ->required();
     convert_cmd->add_option("output", convert.output,
-                            "output file (default: input with .safetensors)");
+                            "output file, or folder for a sharded checkpoint (default: beside "
+                            "the input, with .safetensors)");
     convert_cmd
         ->add_option("--output-fd", convert.output_fd,
                      "write the image into this inherited fd (a memfd is sealed)")
