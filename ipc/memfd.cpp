@@ -32,7 +32,10 @@ bool is_sealed_image(int fd) noexcept {
 }
 
 bool is_memfd(int fd) noexcept {
-    return ::fcntl(fd, F_GET_SEALS) >= 0;
+    // tmpfs files opened by path (/dev/shm/x) answer F_GET_SEALS too, with
+    // F_SEAL_SEAL already set; only a memfd made to be sealed lacks it.
+    const int seals = ::fcntl(fd, F_GET_SEALS);
+    return seals >= 0 && (static_cast<unsigned>(seals) & F_SEAL_SEAL) == 0;
 }
 
 }  // namespace picklejail::ipc

@@ -168,6 +168,22 @@ void SafetensorsLayout::write_tensor(std::size_t index, std::span<std::byte> out
     if (t.source.big_endian) swap_bytes(out, d.swap_width);
 }
 
+std::span<const std::byte> SafetensorsLayout::contiguous_source(std::size_t index) const {
+    const LaidOutTensor& t = tensors_.at(index);
+    const auto& d = info(t.source.dtype);
+    if (t.end == t.begin || (t.source.big_endian && d.swap_width > 1)) return {};
+    // C order: each stride equals the product of the later dimensions
+    // (dimensions of size 1 may have any stride).
+    std::uint64_t expected = 1;
+    for (std::size_t i = t.source.shape.size(); i-- > 0;) {
+        if (t.source.shape[i] != 1 && t.source.stride[i] != expected) return {};
+        expected *= t.source.shape[i];
+    }
+    // plan() checked the view against its storage, so these cannot overflow.
+    const std::uint64_t length = t.end - t.begin;
+    return t.source.storage.subspan(t.source.offset * d.element_size, length);
+}
+
 void SafetensorsLayout::write(std::span<std::byte> out) const {
     if (out.size() != total_size())
         throw Error(ErrorCode::internal, "output buffer has the wrong size");

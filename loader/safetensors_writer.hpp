@@ -53,6 +53,10 @@ class SafetensorsLayout {
     void write_tensor(std::size_t index, std::span<std::byte> out) const;
     // Writes the 8-byte prefix and header (data_offset() bytes).
     void write_header(std::span<std::byte> out) const;
+    // When tensor `index`'s output bytes are one contiguous, same-endian run
+    // of its storage, that run (end − begin bytes): a caller may copy it
+    // without touching it (sendfile). Empty otherwise.
+    [[nodiscard]] std::span<const std::byte> contiguous_source(std::size_t index) const;
 
   private:
     std::vector<LaidOutTensor> tensors_;

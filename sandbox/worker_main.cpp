@@ -17,6 +17,7 @@
 #include "ipc/result_record.hpp"
 #include "loader/checkpoint_loader.hpp"
 #include "sandbox/confine.hpp"
+#include "sandbox/image_writer.hpp"
 #include "sandbox/seccomp_policy.hpp"
 #include "sandbox/selftest_acts.hpp"
 #include "sandbox/worker_fds.hpp"
@@ -119,10 +120,7 @@ int convert(const WorkerArgs& args) {
     confine(args, filter);
 
     const auto conversion = loader::Conversion::plan(input.bytes(), policy, limits, select);
-    {
-        auto output = ipc::map_output(sandbox::kOutputFd, conversion.output_size(), "output");
-        conversion.write(output.bytes());
-    }
+    (void)sandbox::write_image(conversion, sandbox::kInputFd, input.bytes(), sandbox::kOutputFd);
     send_result(ipc::make_result(ErrorCode::ok, "", conversion.output_size(),
                                  conversion.layout().tensors().size()));
     return 0;

@@ -97,8 +97,20 @@ def shared_daemon(tmp_path_factory):
     d.stop()
 
 
-def no_shm_left():
-    return [n for n in os.listdir("/dev/shm") if n.startswith("picklejail-")]
+def shm_objects():
+    return {n for n in os.listdir("/dev/shm") if n.startswith("picklejail-")}
+
+
+@pytest.fixture
+def no_new_shm():
+    """Asserts at the end that the test left no shared-memory object behind
+    (compared with before, so other daemons on the machine do not count)."""
+    before = shm_objects()
+
+    def check():
+        left = shm_objects() - before
+        assert not left, f"shared memory left behind: {left}"
+    return check
 
 
 # ---------------------------------------------------------------- the protocol
@@ -285,7 +297,7 @@ def test_fd_must_be_a_readable_regular_file(shared_daemon, tmp_path):
 
 # ---------------------------------------------------------------- shared memory
 
-def test_shm_removed_on_release_and_after_ttl(tmp_path):
+def test_shm_removed_on_release_and_after_ttl(tmp_path, no_new_shm):
     d = Daemon(tmp_path, "--shm-ttl", 1)
     try:
         ckpt = FIXTURES / "torch-2.11" / "cnn_state_dict.pt"
@@ -303,10 +315,10 @@ def test_shm_removed_on_release_and_after_ttl(tmp_path):
             assert d.stats()["shm_objects"] == 0
     finally:
         d.stop()
-    assert not no_shm_left()
+    no_new_shm()
 
 
-def test_shm_quota_answers_busy(tmp_path):
+def test_shm_quota_answers_busy(tmp_path, no_new_shm):
     d = Daemon(tmp_path, "--max-shm-bytes-per-uid", 20_000)
     try:
         ckpt = FIXTURES / "torch-2.11" / "cnn_state_dict.pt"  # 14,448-byte image
@@ -318,7 +330,7 @@ def test_shm_quota_answers_busy(tmp_path):
             c.request({"op": "load", "path": str(ckpt), "transport": "shm"})
     finally:
         d.stop()
-    assert not no_shm_left(), "shutdown must remove unreleased objects"
+    no_new_shm()  # shutdown must remove unreleased objects
 
 
 # ---------------------------------------------------------------- limits
@@ -395,7 +407,7 @@ def test_output_size_limit_is_too_large(tmp_path):
 
 # ---------------------------------------------------------------- faults and load
 
-def test_client_disconnecting_mid_request_leaks_nothing(daemon, slow_file):
+def test_client_disconnecting_mid_request_leaks_nothing(daemon, slow_file, no_new_shm):
     baseline_fds = daemon.open_fds()
     for _ in range(3):
         c = start_slow(daemon, slow_file)
@@ -405,10 +417,10 @@ def test_client_disconnecting_mid_request_leaks_nothing(daemon, slow_file):
     time.sleep(0.2)
     assert daemon.open_fds() == baseline_fds
     assert not daemon.children()
-    assert not no_shm_left()
+    no_new_shm()
 
 
-def test_sixteen_concurrent_clients_mixed(daemon, tmp_path):
+def test_sixteen_concurrent_clients_mixed(daemon, tmp_path, no_new_shm):
     good = FIXTURES / "torch-2.11" / "cnn_state_dict.pt"
     entry = next(e for e in json.loads((FIXTURES / "torch-2.11" / "manifest.json").read_text())
                  if e["file"] == "cnn_state_dict.pt")
@@ -452,7 +464,7 @@ def test_sixteen_concurrent_clients_mixed(daemon, tmp_path):
     daemon.wait_idle()
     time.sleep(0.2)
     assert daemon.open_fds() == baseline_fds
-    assert not no_shm_left()
+    no_new_shm()
     assert daemon.proc.poll() is None
 
 
