@@ -22,6 +22,7 @@ void PolicyStore::reload() {
     if (loaded.empty())
         throw Error(ErrorCode::invalid_request, "no policies in " + dir_.string());
     policies_ = std::move(loaded);
+    ++generation_;
 }
 
 const std::string& PolicyStore::text(const std::string& name) const {

@@ -2,6 +2,7 @@
 // and again on SIGHUP. Requests name a policy; they never carry one.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <map>
 #include <string>
@@ -22,10 +23,13 @@ class PolicyStore {
     [[nodiscard]] const std::string& text(const std::string& name) const;
     [[nodiscard]] std::vector<std::string> names() const;
     [[nodiscard]] const std::filesystem::path& dir() const noexcept { return dir_; }
+    // Changes on every successful reload (cache keys include it).
+    [[nodiscard]] std::uint64_t generation() const noexcept { return generation_; }
 
   private:
     std::filesystem::path dir_;
     std::map<std::string, std::string> policies_;
+    std::uint64_t generation_ = 0;
 };
 
 }  // namespace picklejail::daemon

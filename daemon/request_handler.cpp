@@ -1,5 +1,7 @@
 #include "daemon/request_handler.hpp"
 
+#include <fcntl.h>
+
 #include <chrono>
 
 #include "daemon/caller_file.hpp"
@@ -81,7 +83,7 @@ Reply image_reply(Services& s, const LoadRequest& load, JobOutcome& outcome) {
                           {"tensors", result.tensor_count},
                           {"format", result.source_format},
                           {"policy", load.policy},
-                          {"cached", false}};
+                          {"cached", outcome.cached}};
     Reply reply;
     if (load.request.op == ipc::Op::inspect) {
         const auto image = ipc::map_read_only(outcome.image.get(), result.output_size, "image");
@@ -114,9 +116,13 @@ Reply image_reply(Services& s, const LoadRequest& load, JobOutcome& outcome) {
 void finish_load(Services& s, LoadRequest& load, JobOutcome outcome) {
     auto& audit = load.audit;
     const auto& result = outcome.result;
-    audit["worker_pid"] = result.pid;
-    audit["queued_ms"] = outcome.queued.count();
-    audit["peak_rss_kib"] = result.peak_rss_kib;
+    if (outcome.cached) {
+        audit["cached"] = true;
+    } else {
+        audit["worker_pid"] = result.pid;
+        audit["queued_ms"] = outcome.queued.count();
+        audit["peak_rss_kib"] = result.peak_rss_kib;
+    }
     Reply reply;
     ErrorCode code = result.status;
     std::string message = sandbox::describe(result);
@@ -135,7 +141,49 @@ void finish_load(Services& s, LoadRequest& load, JobOutcome outcome) {
     load.reply(std::move(reply));
 }
 
-std::shared_ptr<Job> start_load(Services& s, const ipc::PeerCredentials& peer,
+JobOutcome outcome_from_cache(const CachedImage& image) {
+    JobOutcome outcome;
+    outcome.result.status = ErrorCode::ok;
+    outcome.result.output_size = image.size;
+    outcome.result.tensor_count = image.tensors;
+    outcome.result.source_format = image.format;
+    outcome.image.reset(::fcntl(image.fd->get(), F_DUPFD_CLOEXEC, 0));
+    if (!outcome.image) throw Error(ErrorCode::internal, "cannot duplicate a cached image");
+    outcome.cached = true;
+    return outcome;
+}
+
+// With the cache on: a hit answers at once; a conversion of the same thing
+// already running is joined; otherwise a new one starts and fills the cache.
+std::shared_ptr<PendingRequest> load_through_cache(
+    Services& s, const std::shared_ptr<LoadRequest>& load, CacheKey key,
+    const std::function<std::shared_ptr<Job>(Job::Done)>& submit) {
+    Services* services = &s;
+    if (const auto hit = s.cache->find(key)) {
+        finish_load(s, *load, outcome_from_cache(*hit));
+        return nullptr;
+    }
+    Deliver deliver = [services, load](JobOutcome outcome) {
+        finish_load(*services, *load, std::move(outcome));
+    };
+    if (auto joined = s.in_flight.join(key, deliver)) {
+        s.cache->count_coalesced();
+        load->audit["coalesced"] = true;
+        return joined;
+    }
+    auto fill_cache = [services, key](const JobOutcome& outcome) {
+        if (outcome.result.status != ErrorCode::ok || !outcome.image || !services->cache) return;
+        const int copy = ::fcntl(outcome.image.get(), F_DUPFD_CLOEXEC, 0);
+        if (copy < 0) return;
+        services->cache->insert(key, CachedImage{std::make_shared<const ipc::UniqueFd>(copy),
+                                                 outcome.result.output_size,
+                                                 outcome.result.tensor_count,
+                                                 outcome.result.source_format});
+    };
+    return s.in_flight.start(key, submit, fill_cache, deliver);
+}
+
+std::shared_ptr<PendingRequest> start_load(Services& s, const ipc::PeerCredentials& peer,
                                 ipc::Request request, std::vector<ipc::UniqueFd> fds,
                                 ReplyHandler reply, nlohmann::json audit) {
     auto load = std::make_shared<LoadRequest>();
@@ -166,10 +214,18 @@ std::shared_ptr<Job> start_load(Services& s, const ipc::PeerCredentials& peer,
     if (load->request.transport == ipc::Transport::shm) s.shm.check_quota(peer.uid, 0);
 
     Services* services = &s;
-    return s.pool.submit(peer.uid, std::move(input), std::move(options),
-                         [services, load](JobOutcome outcome) {
-                             finish_load(*services, *load, std::move(outcome));
-                         });
+    const uid_t uid = peer.uid;
+    auto shared_input = std::make_shared<ipc::UniqueFd>(std::move(input));
+    auto submit = [services, uid, shared_input, options](Job::Done done) {
+        return services->pool.submit(uid, std::move(*shared_input), options, std::move(done));
+    };
+    if (s.cache) {
+        CacheKey key{file, load->policy, s.policies.generation(), load->request.select};
+        return load_through_cache(s, load, std::move(key), submit);
+    }
+    return submit([services, load](JobOutcome outcome) {
+        finish_load(*services, *load, std::move(outcome));
+    });
 }
 
 nlohmann::json stats_json(const Services& s) {
@@ -180,6 +236,9 @@ nlohmann::json stats_json(const Services& s) {
     stats["shm_objects"] = s.shm.count();
     stats["shm_bytes"] = s.shm.total_bytes();
     stats["draining"] = s.draining;
+    stats["cache"] = s.cache ? s.cache->stats() : nlohmann::json{{"enabled", false}};
+    if (s.cache) stats["cache"]["enabled"] = true;
+    stats["in_flight_shared"] = s.in_flight.size();
     stats["policies"] = s.policies.names();
     stats["limits"] = {{"max_workers", s.pool.limits().max_workers},
                        {"max_queue", s.pool.limits().max_queue},
@@ -195,7 +254,7 @@ nlohmann::json stats_json(const Services& s) {
 
 }  // namespace
 
-std::shared_ptr<Job> handle_request(Services& services, const ipc::PeerCredentials& peer,
+std::shared_ptr<PendingRequest> handle_request(Services& services, const ipc::PeerCredentials& peer,
                                     ipc::Request request, std::vector<ipc::UniqueFd> fds,
                                     ReplyHandler reply) {
     services.stats.count_request(ipc::to_string(request.op));

@@ -31,7 +31,7 @@ using ReplyHandler = std::function<void(Reply)>;
 // Handles one parsed request. Immediate ops call `reply` before returning;
 // load/inspect return the job, which the session cancels if the client goes
 // away, and call `reply` when the worker is done.
-[[nodiscard]] std::shared_ptr<Job> handle_request(Services& services,
+[[nodiscard]] std::shared_ptr<PendingRequest> handle_request(Services& services,
                                                   const ipc::PeerCredentials& peer,
                                                   ipc::Request request,
                                                   std::vector<ipc::UniqueFd> fds,

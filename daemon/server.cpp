@@ -28,7 +28,10 @@ Server::Server(boost::asio::io_context& io, Config config, ListenSocket listen)
                 WorkerPool(io, pool_limits(config)),
                 ShmRegistry(io, config.shm_ttl, config.max_shm_bytes_per_uid),
                 Stats{},
-                AuditLog(stderr)},
+                AuditLog(stderr),
+                config.cache_bytes > 0 ? std::make_unique<ImageCache>(config.cache_bytes) : nullptr,
+                InFlightConversions{},
+                false},
       acceptor_(io, boost::asio::local::stream_protocol(), listen_.fd.release()),
       signals_(io, SIGTERM, SIGINT, SIGHUP),
       drain_poll_(io) {}
@@ -115,6 +118,7 @@ void Server::reload_policies() {
     notify_systemd("RELOADING=1");
     try {
         services_.policies.reload();
+        if (services_.cache) services_.cache->clear();  // keys carry the old generation anyway
         services_.audit.event("reload", {{"policies", services_.policies.names()}});
     } catch (const Error& e) {
         services_.audit.event("reload_failed", {{"message", e.what()}});
@@ -140,6 +144,7 @@ void Server::begin_drain() {
 void Server::check_drained() {
     if (sessions_.empty() && services_.pool.idle()) {
         services_.shm.clear();
+        if (services_.cache) services_.cache->clear();
         services_.audit.event("stop", {{"requests", services_.stats.requests}});
         signals_.cancel();
         io_.stop();

@@ -2,16 +2,18 @@
 // Owned by the Server; sessions hold a reference for their lifetime.
 #pragma once
 
+#include <memory>
+
 #include "daemon/audit_log.hpp"
 #include "daemon/config.hpp"
+#include "daemon/image_cache.hpp"
+#include "daemon/in_flight.hpp"
 #include "daemon/policy_store.hpp"
 #include "daemon/shm_registry.hpp"
 #include "daemon/stats.hpp"
 #include "daemon/worker_pool.hpp"
 
 namespace picklejail::daemon {
-
-class ImageCache;
 
 struct Services {
     Config config;
@@ -20,7 +22,8 @@ struct Services {
     ShmRegistry shm;
     Stats stats;
     AuditLog audit;
-    ImageCache* cache = nullptr;  // null when caching is off
+    std::unique_ptr<ImageCache> cache;  // null when caching is off
+    InFlightConversions in_flight;      // used with the cache
     bool draining = false;
 };
 

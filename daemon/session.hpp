@@ -46,7 +46,7 @@ class Session : public std::enable_shared_from_this<Session> {
     std::function<void(Session*)> on_closed_;
     ipc::PeerCredentials peer_;
     ipc::LineFramer framer_;
-    std::shared_ptr<Job> job_;
+    std::shared_ptr<PendingRequest> job_;
     bool in_request_ = false;
     bool closing_when_idle_ = false;
     bool closed_ = false;

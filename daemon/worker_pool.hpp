@@ -32,18 +32,26 @@ struct JobOutcome {
     ipc::UniqueFd image;  // the sealed memfd, when result.status is ok
     std::chrono::milliseconds queued{0};
     std::chrono::milliseconds ran{0};
+    bool cached = false;  // served from the image cache, no worker ran
 };
 
 class WorkerPool;
 
+// Work done for a request that the session may abandon (client gone).
+class PendingRequest {
+  public:
+    virtual ~PendingRequest() = default;
+    virtual void cancel() = 0;
+};
+
 // One request's job. Cancelling kills a running worker (or drops a queued
 // job) and suppresses its completion callback.
-class Job : public std::enable_shared_from_this<Job> {
+class Job : public PendingRequest, public std::enable_shared_from_this<Job> {
   public:
     using Done = std::function<void(JobOutcome)>;
     Job(boost::asio::io_context& io, uid_t uid, ipc::UniqueFd input, sandbox::SpawnOptions options,
         Done done);
-    void cancel();
+    void cancel() override;
     [[nodiscard]] uid_t uid() const noexcept { return uid_; }
     [[nodiscard]] bool running() const noexcept { return running_.has_value(); }
 
