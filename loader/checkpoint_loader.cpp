@@ -97,6 +97,11 @@ std::map<std::string, std::string> build_metadata(const FlattenedObject& flat, I
     }
     if (!complex128.empty()) metadata.emplace(kMetaComplex128, complex128.dump());
     for (const auto& [alias, kept] : flat.aliases) {
+        // The picklejail.* prefix is ours, so readers can tell aliases apart.
+        if (alias.starts_with("picklejail.")) {
+            throw Error(ErrorCode::malformed,
+                        "tensor alias \"" + alias + "\" uses the reserved picklejail. prefix");
+        }
         if (!metadata.emplace(alias, kept).second) {
             throw Error(ErrorCode::malformed,
                         "tensor alias \"" + alias + "\" collides with a reserved metadata key");
