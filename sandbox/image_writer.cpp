@@ -18,6 +18,8 @@ namespace {
 
 // The kernel moves at most this much per sendfile call.
 constexpr std::uint64_t kMaxSendfile = 0x7ffff000;
+// Below this a memcpy through the mapping beats two syscalls per tensor.
+constexpr std::uint64_t kMinSendfile = 256 * 1024;
 
 [[noreturn]] void io_fail(const char* what) {
     throw Error(ErrorCode::io_error, std::string(what) + ": " + std::strerror(errno));
@@ -59,7 +61,10 @@ WriteStats write_image(const loader::Conversion& conversion, int input_fd,
         const auto& t = layout.tensors()[i];
         const std::uint64_t at = layout.data_offset() + t.begin;
         const std::uint64_t length = t.end - t.begin;
-        if (const auto from = offset_in(input, layout.contiguous_source(i))) {
+        const auto from = length >= kMinSendfile
+                              ? offset_in(input, layout.contiguous_source(i))
+                              : std::nullopt;
+        if (from) {
             send_range(input_fd, *from, output_fd, at, length);
             stats.sent_bytes += length;
         } else {

@@ -10,7 +10,8 @@ PYTHON=/usr/bin/python3
 
 BUILD_PACKAGES=(cmake g++ make pkg-config zlib1g-dev libminizip-dev nlohmann-json3-dev
     libcli11-dev libseccomp-dev libboost-dev libsystemd-dev libssl-dev catch2)
-TEST_PACKAGES=(python3 python3-pytest python3-numpy python3-torch nodejs systemd)
+TEST_PACKAGES=(python3 python3-pytest python3-numpy python3-torch python3-venv python3-pip
+    python3-setuptools python3-wheel nodejs systemd libbenchmark-dev)
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi

@@ -1,0 +1,274 @@
+"""Checking and indexing a safetensors image before anything is built from it.
+
+The image comes from another process (the daemon, or the local worker via the
+`picklejail` command). Both are meant to be trustworthy, but the client does
+not depend on it: every offset, size and name is checked here, and the object
+description may only refer to tensors the image really holds. After
+`parse_image` succeeds, building tensors is plain slicing that cannot go out
+of bounds.
+"""
+
+import json
+import struct
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from .dtypes import COMPLEX128, DTYPES, STORED_AS
+from .errors import Malformed
+
+# The reference implementation's cap on the JSON header.
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+META_OBJECT = "picklejail.object"
+META_COMPLEX128 = "picklejail.complex128"
+META_SOURCE = "picklejail.source_format"
+META_PREFIX = "picklejail."
+META_FORMAT = "format"
+# The loader nests at most 1,000 containers (max_nesting_depth); each takes up
+# to three JSON levels ({"dict": [[key, value]]}). Python's default recursion
+# limit (1,000) would refuse such a description, so parsing gets more room.
+RECURSION_ROOM = 4 * 1000 + 500
+
+
+def _fail(message):
+    raise Malformed("malformed", message)
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One stored tensor: where its bytes are in the data section and how to view them."""
+    name: str
+    dtype: Any     # a dtypes.DType; dtypes.COMPLEX128 for complex128 tensors
+    shape: tuple   # the tensor's shape (complex128: without the stored trailing 2)
+    begin: int     # byte offsets within the data section
+    end: int
+
+    @property
+    def numel(self):
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass
+class Image:
+    """A checked image: the mapping plus everything needed to rebuild the object."""
+    buffer: Any            # the mapping; tensors are views into it
+    data_offset: int       # where the data section starts in `buffer`
+    data_size: int
+    tensors: dict          # stored name -> TensorEntry, in header order
+    aliases: dict          # alias name -> stored name
+    metadata: dict         # the whole __metadata__
+    description: Any       # the parsed picklejail.object tree
+    tensor_ids: dict       # description "id" -> stored name (tensors this image holds)
+    devices: dict          # stored name -> device it was saved on ("cpu" unless described)
+    source_format: Optional[str]
+
+
+@contextmanager
+def recursion_room(depth=RECURSION_ROOM):
+    """Raise the recursion limit for deep (but legitimate) descriptions, then restore it."""
+    before = sys.getrecursionlimit()
+    if before < depth:
+        sys.setrecursionlimit(depth)
+    try:
+        yield
+    except RecursionError:
+        _fail("the object description is nested too deeply")
+    finally:
+        if before < depth and sys.getrecursionlimit() == depth:
+            sys.setrecursionlimit(before)
+
+
+def _unique_keys(pairs):
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            _fail(f"duplicate JSON key {key!r}")
+        out[key] = value
+    return out
+
+
+def _reject_constant(name):
+    _fail(f"JSON holds {name}, which is not JSON")
+
+
+def strict_json(text, what):
+    """Parse JSON refusing duplicate keys and NaN/Infinity literals."""
+    try:
+        with recursion_room():
+            return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+    except ValueError as error:  # JSONDecodeError, bad surrogates, ...
+        _fail(f"{what} is not valid JSON: {error}")
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def matches_select(name, select):
+    """The protocol's rule: equal, or a prefix followed by ".", or a prefix ending in "."."""
+    for entry in select:
+        if name == entry or name.startswith(entry + ".") or (
+                entry.endswith(".") and name.startswith(entry)):
+            return True
+    return False
+
+
+def _read_header(buffer, size):
+    if size < 8:
+        _fail(f"image of {size} bytes is shorter than the 8-byte header length")
+    (length,) = struct.unpack_from("<Q", buffer, 0)
+    if length > MAX_HEADER_BYTES:
+        _fail(f"header length {length} exceeds {MAX_HEADER_BYTES}")
+    if length < 2 or 8 + length > size:
+        _fail(f"header length {length} does not fit the image ({size} bytes)")
+    try:
+        text = bytes(buffer[8:8 + length]).decode("utf-8")
+    except UnicodeDecodeError as error:
+        _fail(f"header is not UTF-8: {error}")
+    header = strict_json(text, "the header")
+    if not isinstance(header, dict):
+        _fail("header is not a JSON object")
+    return header, 8 + length
+
+
+def _tensor_entry(name, info, data_size):
+    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+        _fail(f"tensor {name!r}: entry must have exactly dtype, shape and data_offsets")
+    dtype = DTYPES.get(info["dtype"]) if isinstance(info["dtype"], str) else None
+    if dtype is None:
+        _fail(f"tensor {name!r}: unknown dtype {info['dtype']!r}")
+    shape = info["shape"]
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        _fail(f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
+    offsets = info["data_offsets"]
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_int, offsets))):
+        _fail(f"tensor {name!r}: data_offsets {offsets!r} is not two integers")
+    begin, end = offsets
+    if not 0 <= begin <= end <= data_size:
+        _fail(f"tensor {name!r}: data_offsets {begin}..{end} outside the data section "
+              f"({data_size} bytes)")
+    entry = TensorEntry(name, dtype, tuple(shape), begin, end)
+    if end - begin != entry.numel * dtype.size:
+        _fail(f"tensor {name!r}: {end - begin} bytes for {dtype.name}{list(shape)}")
+    return entry
+
+
+def _check_coverage(tensors, data_size):
+    # Contiguous, no overlap, no hole, nothing after the last tensor.
+    position = 0
+    for entry in sorted(tensors.values(), key=lambda e: (e.begin, e.end)):
+        if entry.begin != position:
+            _fail(f"tensor {entry.name!r} starts at {entry.begin}, expected {position} "
+                  "(hole or overlap in the data section)")
+        position = entry.end
+    if position != data_size:
+        _fail(f"{data_size - position} bytes after the last tensor")
+
+
+def _split_metadata(metadata, tensors):
+    """Check __metadata__ and return the aliases it holds (every key that is not ours)."""
+    if not isinstance(metadata, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        _fail("__metadata__ must map strings to strings")
+    aliases = {}
+    for key, target in metadata.items():
+        if key == META_FORMAT or key.startswith(META_PREFIX):
+            continue
+        if key in tensors:
+            _fail(f"alias {key!r} is also a stored tensor")
+        if target not in tensors:
+            _fail(f"alias {key!r} refers to {target!r}, which the image does not hold")
+        aliases[key] = target
+    return aliases
+
+
+def _apply_complex128(metadata, tensors):
+    if META_COMPLEX128 not in metadata:
+        return
+    names = strict_json(metadata[META_COMPLEX128], META_COMPLEX128)
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or \
+            len(set(names)) != len(names):
+        _fail(f"{META_COMPLEX128} is not a list of distinct names")
+    for name in names:
+        entry = tensors.get(name)
+        if entry is None:
+            _fail(f"{META_COMPLEX128} names {name!r}, which the image does not hold")
+        if entry.dtype.name != "F64" or not entry.shape or entry.shape[-1] != 2:
+            _fail(f"complex128 tensor {name!r} is not stored as F64 with a trailing 2")
+        tensors[name] = TensorEntry(name, COMPLEX128, entry.shape[:-1], entry.begin, entry.end)
+
+
+def _index_description(description, tensors, aliases, select):
+    """Map every tensor node's id to the stored tensor it denotes, checking each node.
+
+    Nodes with the same id are one tensor object, so they must resolve to the same
+    stored tensor. A node may name an alias; with `select`, a node may also name a
+    tensor that was not selected (and was therefore not written).
+    """
+    tensor_ids, devices, unresolved = {}, {}, []
+
+    def check_dtype(node, stored):
+        if tensors[stored].dtype.torch_name != node["dtype"]:
+            _fail(f"tensor {node['tensor']!r} is described as {node['dtype']} but stored as "
+                  f"{tensors[stored].dtype.torch_name}")
+
+    stack = [description]
+    while stack:  # iterative: the tree may be deep
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict) and "tensor" in node:
+            name, ident, dtype = node.get("tensor"), node.get("id"), node.get("dtype")
+            if not isinstance(name, str) or not _is_int(ident) or ident < 0 or \
+                    dtype not in STORED_AS:
+                _fail(f"bad tensor node {json.dumps(node)[:200]}")
+            for flag in ("parameter", "requires_grad"):
+                if not isinstance(node.get(flag, False), bool):
+                    _fail(f"tensor {name!r}: {flag} is not a boolean")
+            if not isinstance(node.get("device", ""), str):
+                _fail(f"tensor {name!r}: device is not a string")
+            stored = name if name in tensors else aliases.get(name)
+            if stored is None:
+                unresolved.append(node)
+                continue
+            check_dtype(node, stored)
+            if tensor_ids.setdefault(ident, stored) != stored:
+                _fail(f"tensor id {ident} denotes both {tensor_ids[ident]!r} and {stored!r}")
+            devices.setdefault(stored, node.get("device", "cpu"))
+        elif isinstance(node, dict):
+            stack.extend(node.values())
+
+    for node in unresolved:
+        stored = tensor_ids.get(node["id"])
+        if stored is not None:
+            check_dtype(node, stored)
+        elif select is None or matches_select(node["tensor"], select):
+            _fail(f"the description refers to tensor {node['tensor']!r}, which the image does "
+                  "not hold")
+    return tensor_ids, devices
+
+
+def parse_image(buffer, size, *, select=None):
+    """Check the image in `buffer` (`size` bytes) and index it.
+
+    `select` is the list sent with the request: tensors outside it may be missing.
+    Raises Malformed on any inconsistency.
+    """
+    header, data_offset = _read_header(buffer, size)
+    data_size = size - data_offset
+    metadata = header.pop("__metadata__", {})
+    tensors = {name: _tensor_entry(name, info, data_size) for name, info in header.items()}
+    _check_coverage(tensors, data_size)
+    aliases = _split_metadata(metadata, tensors)
+    _apply_complex128(metadata, tensors)
+    if META_OBJECT not in metadata:
+        _fail(f"__metadata__ has no {META_OBJECT} description")
+    description = strict_json(metadata[META_OBJECT], META_OBJECT)
+    tensor_ids, devices = _index_description(description, tensors, aliases, select)
+    return Image(buffer=buffer, data_offset=data_offset, data_size=data_size, tensors=tensors,
+                 aliases=aliases, metadata=metadata, description=description,
+                 tensor_ids=tensor_ids, devices=devices, source_format=metadata.get(META_SOURCE))

@@ -1,0 +1,265 @@
+"""Rebuilding the unpickled object from its JSON description (docs/output-format.md).
+
+Only inert values are made: containers, scalars, strings, bytes, tensors, and
+for the few allowed class instances either the class itself where that is
+safe (argparse.Namespace) or a plain stand-in (`Record`). Nothing is imported
+by name and nothing named in the file is called.
+"""
+
+import argparse
+import base64
+import collections
+import math
+
+from .errors import Malformed
+from .image import recursion_room
+
+
+class Record:
+    """Stand-in for an instance of an allowed class that is not rebuilt as itself.
+
+    The checkpoint policy keeps objects such as omegaconf's DictConfig or
+    Lightning's AttributeDict as data: `cls` is the class's "module.qualname",
+    `args` what it was constructed with and `state` what was restored into it
+    (usually a dict of attributes), each rebuilt like any other value.
+    """
+
+    __slots__ = ("cls", "args", "state")
+
+    def __init__(self, cls, args, state):
+        self.cls = cls
+        self.args = args
+        self.state = state
+
+    def __repr__(self):
+        return f"picklejail.Record({self.cls!r}, args={self.args!r}, state={self.state!r})"
+
+    def __eq__(self, other):
+        return isinstance(other, Record) and (self.cls, self.args, self.state) == (
+            other.cls, other.args, other.state)
+
+    __hash__ = None  # mutable contents
+
+
+class GlobalRef:
+    """Stand-in for an allowed global that the file holds as a value (a class, a function).
+
+    The real object is never looked up: `name` is its "module.qualname".
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name):
+        self.name = name
+
+    def __repr__(self):
+        return f"picklejail.GlobalRef({self.name!r})"
+
+    def __eq__(self, other):
+        return isinstance(other, GlobalRef) and self.name == other.name
+
+    def __hash__(self):
+        return hash((GlobalRef, self.name))
+
+
+# A tensor that `select` left out: dropped from mappings, None in sequences.
+_UNSELECTED = object()
+
+# Factories a defaultdict may name (the checkpoint policy's builtins.*), if the
+# description says which; the default is no factory.
+_DEFAULT_FACTORIES = {"list": list, "dict": dict, "int": int, "float": float, "str": str,
+                      "tuple": tuple, "set": set}
+
+_FLOATS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def _fail(message):
+    raise Malformed("malformed", message)
+
+
+def rebuild(image, builder):
+    """The object `image` describes, with tensors made by `builder` (see backends.py)."""
+    with recursion_room():
+        return _Rebuilder(image, builder).value(image.description)
+
+
+class _Rebuilder:
+    def __init__(self, image, builder):
+        self._image = image
+        self._builder = builder
+        self._stored = builder.stored_arrays(image)
+        self._used = set()      # stored names already handed out
+        self._by_id = {}        # description id -> the object for it
+        self._tags = (
+            ("tensor", self._tensor), ("object", self._record), ("odict", self._odict),
+            ("dict", self._dict), ("defaultdict", self._defaultdict), ("counter", self._counter),
+            ("tuple", self._tuple), ("size", self._size), ("set", self._set),
+            ("frozenset", self._frozenset), ("int", self._big_int), ("float", self._float),
+            ("complex", self._complex), ("bytes", self._bytes), ("bytearray", self._bytearray),
+            ("dtype", self._dtype), ("device", self._device), ("global", self._global),
+        )
+
+    def value(self, node):
+        """A node where an unselected tensor simply becomes None."""
+        value = self.node(node)
+        return None if value is _UNSELECTED else value
+
+    def node(self, node):
+        if node is None or isinstance(node, (bool, int, float, str)):
+            return node
+        if isinstance(node, list):
+            return self._items(node)
+        if isinstance(node, dict):
+            for tag, handler in self._tags:
+                if tag in node:
+                    return handler(node[tag], node)
+            _fail(f"unknown node with keys {sorted(node)[:5]}")
+        _fail(f"unexpected JSON value {node!r}")
+
+    # ------------------------------------------------------------ containers
+
+    def _items(self, nodes):
+        if not isinstance(nodes, list):
+            _fail("a sequence node does not hold a list")
+        return [self.value(item) for item in nodes]
+
+    def _pairs(self, pairs):
+        if not isinstance(pairs, list):
+            _fail("a mapping node does not hold a list of pairs")
+        for pair in pairs:
+            if not (isinstance(pair, list) and len(pair) == 2):
+                _fail("a mapping entry is not a [key, value] pair")
+            key = self.value(pair[0])
+            try:
+                hash(key)
+            except TypeError:
+                _fail(f"unhashable dict key of type {type(key).__name__}")
+            value = self.node(pair[1])
+            if value is not _UNSELECTED:
+                yield key, value
+
+    def _fill(self, mapping, pairs, node):
+        for key, value in self._pairs(pairs):
+            mapping[key] = value
+        attrs = node.get("attrs")
+        if attrs is not None:
+            attributes = self.value(attrs)
+            if not isinstance(attributes, dict) or not all(isinstance(k, str) for k in attributes):
+                _fail("attrs is not a dict of attribute names")
+            # Pickle's BUILD: the instance __dict__ (state_dict()._metadata). A
+            # plain dict has none, and pickle would refuse the state too.
+            if hasattr(mapping, "__dict__"):
+                vars(mapping).update(attributes)
+        return mapping
+
+    def _dict(self, pairs, node):
+        return self._fill({}, pairs, node)
+
+    def _odict(self, pairs, node):
+        return self._fill(collections.OrderedDict(), pairs, node)
+
+    def _counter(self, pairs, node):
+        return self._fill(collections.Counter(), pairs, node)
+
+    def _defaultdict(self, pairs, node):
+        factory = node.get("factory")
+        if factory is not None and factory not in _DEFAULT_FACTORIES:
+            _fail(f"defaultdict factory {factory!r} is not one the policy allows")
+        return self._fill(collections.defaultdict(_DEFAULT_FACTORIES.get(factory)), pairs, node)
+
+    def _tuple(self, items, node):
+        return tuple(self._items(items))
+
+    def _size(self, items, node):
+        return self._builder.size(self._items(items))
+
+    def _set(self, items, node):
+        return self._hashable(set, items)
+
+    def _frozenset(self, items, node):
+        return self._hashable(frozenset, items)
+
+    def _hashable(self, kind, items):
+        try:
+            return kind(self._items(items))
+        except TypeError:
+            _fail(f"{kind.__name__} of unhashable values")
+
+    # ------------------------------------------------------------ scalars
+
+    def _big_int(self, text, node):
+        try:
+            raw = bytes.fromhex(text)
+        except (TypeError, ValueError):
+            _fail(f"int node {text!r} is not hex")
+        if not raw:
+            _fail("int node with no bytes")
+        return int.from_bytes(raw, "little", signed=True)
+
+    def _float(self, text, node):
+        if not isinstance(text, str) or text not in _FLOATS:
+            _fail(f"float node {text!r} is not nan, inf or -inf")
+        return _FLOATS[text]
+
+    def _complex(self, parts, node):
+        if not (isinstance(parts, list) and len(parts) == 2):
+            _fail("complex node is not [re, im]")
+        real, imag = (self.value(p) for p in parts)
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (real, imag)):
+            _fail("complex node parts are not numbers")
+        return complex(real, imag)
+
+    def _decode(self, text):
+        try:
+            return base64.b64decode(text, validate=True)
+        except (TypeError, ValueError):
+            _fail("bytes node is not base64")
+
+    def _bytes(self, text, node):
+        return self._decode(text)
+
+    def _bytearray(self, text, node):
+        return bytearray(self._decode(text))
+
+    def _dtype(self, name, node):
+        if not isinstance(name, str):
+            _fail("dtype node does not hold a name")
+        return self._builder.dtype(name)
+
+    def _device(self, spec, node):
+        if not isinstance(spec, str):
+            _fail("device node does not hold a string")
+        return self._builder.device(spec)
+
+    def _global(self, name, node):
+        if not isinstance(name, str):
+            _fail("global node does not hold a name")
+        return GlobalRef(name)
+
+    # ------------------------------------------------------------ tensors and records
+
+    def _tensor(self, name, node):
+        ident = node["id"]  # checked by parse_image
+        if ident in self._by_id:
+            return self._by_id[ident]
+        stored = self._image.tensor_ids.get(ident)
+        if stored is None:
+            return _UNSELECTED  # parse_image allowed it only because of `select`
+        shared = stored in self._used
+        self._used.add(stored)
+        value = self._builder.tensor(self._stored[stored], node, shared)
+        self._by_id[ident] = value
+        return value
+
+    def _record(self, cls, node):
+        if not isinstance(cls, str):
+            _fail("object node does not name its class")
+        args = self.value(node.get("args"))
+        state = self.value(node.get("state"))
+        no_args = args is None or (isinstance(args, tuple) and not args)
+        if cls == "argparse.Namespace" and no_args and (
+                state is None or isinstance(state, dict) and all(isinstance(k, str) for k in state)):
+            namespace = argparse.Namespace()
+            vars(namespace).update(state or {})
+            return namespace
+        return Record(cls, args, state)
