@@ -145,7 +145,7 @@ Conversion Conversion::plan(std::span<const std::byte> input, const Policy& poli
     ObjectArena arena(owned.limits);  // values die with this scope; only plain data leaves it
     CallContext ctx{policy, owned.limits, owned.storages, arena};
     const Parsed parsed = parse_input(input, ctx);
-    FlattenedObject flat = flatten_object(parsed.read.root, owned.limits);
+    FlattenedObject flat = flatten_object(parsed.read.root, owned.limits, owned.storages);
     apply_selection(flat, select);
     conversion.format_ = parsed.format;
     conversion.protocol_ = parsed.read.pickle.protocol;

@@ -220,6 +220,12 @@ ValuePtr call_global(const GlobalValue& callee, const ValuePtr& args, CallContex
             }
             DictValue dict;
             dict.kind = DictValue::Kind::default_dict;
+            if (!a.empty()) {
+                if (const auto* factory = a[0]->as<GlobalValue>()) {
+                    const auto dot = factory->name.rfind('.');
+                    dict.factory = factory->name.substr(dot == std::string::npos ? 0 : dot + 1);
+                }
+            }
             return ctx.arena.make(std::move(dict));
         }
         case Handler::rebuild_tensor:
@@ -236,11 +242,11 @@ ValuePtr call_global(const GlobalValue& callee, const ValuePtr& args, CallContex
             return rebuild_from_type_v2(callee, a, ctx);
         case Handler::torch_size: {
             expect_arity(callee, a, 0, 1, ctx);
-            if (a.empty()) return ctx.arena.make(TupleValue{});
+            if (a.empty()) return ctx.arena.make(TupleValue{{}, true});
             if (const auto* tuple = a[0]->as<TupleValue>())
-                return ctx.arena.make(TupleValue{tuple->items});
+                return ctx.arena.make(TupleValue{tuple->items, true});
             if (const auto* list = a[0]->as<ListValue>())
-                return ctx.arena.make(TupleValue{list->items});
+                return ctx.arena.make(TupleValue{list->items, true});
             fail_at(ctx, ErrorCode::malformed, "torch.Size argument is a " + describe(*a[0]));
         }
         case Handler::torch_device: {

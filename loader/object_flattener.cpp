@@ -59,7 +59,8 @@ Json float_json(double value) {
 
 class Flattener {
   public:
-    explicit Flattener(const Limits& limits) : limits_(limits) {}
+    Flattener(const Limits& limits, const StorageTable& storages)
+        : limits_(limits), storages_(storages) {}
 
     FlattenedObject run(const ValuePtr& root) {
         FlattenedObject out;
@@ -108,7 +109,7 @@ class Flattener {
             return Json{{b->bytearray ? "bytearray" : "bytes", base64(b->bytes)}};
         if (const auto* l = value.as<ListValue>()) return sequence(l->items, depth);
         if (const auto* t = value.as<TupleValue>())
-            return Json{{"tuple", sequence(t->items, depth)}};
+            return Json{{t->torch_size ? "size" : "tuple", sequence(t->items, depth)}};
         if (const auto* s = value.as<SetValue>())
             return Json{{s->frozen ? "frozenset" : "set", sequence(s->items, depth)}};
         if (const auto* d = value.as<DictValue>()) return dict(*d, depth);
@@ -165,6 +166,7 @@ class Flattener {
                 break;
         }
         Json out{{tag, std::move(items)}};
+        if (!d.factory.empty()) out["factory"] = d.factory;
         if (d.attributes) {
             path_.push_back(std::nullopt);
             out["attrs"] = walk(d.attributes, depth + 1);
@@ -189,6 +191,8 @@ class Flattener {
         const std::string name = tensor_name();
         occurrences_.push_back({name, &t});
         Json out{{"tensor", name}, {"id", t.id}, {"dtype", info(t.dtype).torch_name}};
+        const auto& location = storages_.at(t.storage).location;
+        if (!location.empty() && location != "cpu") out["device"] = location;
         if (t.parameter) out["parameter"] = true;
         if (t.requires_grad) out["requires_grad"] = true;
         return out;
@@ -242,6 +246,7 @@ class Flattener {
     }
 
     const Limits& limits_;
+    const StorageTable& storages_;
     std::uint64_t visited_ = 0;
     std::vector<std::optional<std::string>> path_;
     std::unordered_set<const Value*> on_path_;
@@ -250,8 +255,9 @@ class Flattener {
 
 }  // namespace
 
-FlattenedObject flatten_object(const ValuePtr& root, const Limits& limits) {
-    return Flattener(limits).run(root);
+FlattenedObject flatten_object(const ValuePtr& root, const Limits& limits,
+                               const StorageTable& storages) {
+    return Flattener(limits, storages).run(root);
 }
 
 }  // namespace picklejail::loader

@@ -27,6 +27,8 @@ struct FlattenedObject {
     nlohmann::ordered_json description;
 };
 
-[[nodiscard]] FlattenedObject flatten_object(const ValuePtr& root, const Limits& limits);
+// `storages` gives each tensor's saved location ("cuda:0"), for the description.
+[[nodiscard]] FlattenedObject flatten_object(const ValuePtr& root, const Limits& limits,
+                                             const StorageTable& storages);
 
 }  // namespace picklejail::loader

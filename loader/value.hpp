@@ -51,6 +51,7 @@ struct ListValue {
 };
 struct TupleValue {
     std::vector<ValuePtr> items;
+    bool torch_size = false;  // built by torch.Size: described as {"size": [...]}
 };
 struct SetValue {
     std::vector<ValuePtr> items;
@@ -60,6 +61,7 @@ struct DictValue {
     std::vector<std::pair<ValuePtr, ValuePtr>> items;  // insertion order
     enum class Kind : std::uint8_t { dict, ordered_dict, default_dict, counter } kind = Kind::dict;
     ValuePtr attributes;  // OrderedDict BUILD state, e.g. state_dict()._metadata
+    std::string factory;  // defaultdict: "list", "dict", ... (the builtin's name); may be empty
 };
 // A global the policy allowed, resolved to a built-in handler.
 struct GlobalValue {

@@ -296,8 +296,6 @@ def test_tensor_at_top_level_and_deep_nesting(tmp_path):
 
 
 @needs_torch
-@pytest.mark.xfail(strict=True, reason="the object description writes torch.Size as a plain "
-                   "tuple; needs a {\"size\": [...]} node from the flattener (rebuild supports it)")
 def test_torch_size_comes_back_as_torch_size(tmp_path):
     path = save({"shape": torch.Size([2, 3])}, tmp_path / "size.pt")
     assert type(picklejail.load(path)["shape"]) is torch.Size
