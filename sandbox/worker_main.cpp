@@ -4,6 +4,10 @@
 // writes the safetensors image to fd 4 and one result record to fd 5.
 #include <unistd.h>
 
+#ifdef PICKLEJAIL_WITH_MIMALLOC
+#include <mimalloc.h>
+#endif
+
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -134,11 +138,20 @@ int selftest(const WorkerArgs& args) {
     return 0;
 }
 
+// mimalloc reports allocation failures on stderr, a write the seccomp filter
+// refuses; the failure itself still reaches us as bad_alloc.
+void silence_allocator() {
+#ifdef PICKLEJAIL_WITH_MIMALLOC
+    mi_register_output([](const char*, void*) {}, nullptr);
+#endif
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     int status = 1;
     try {
+        silence_allocator();
         sandbox::install_violation_reporter();
         const WorkerArgs args = parse_args(argc, argv);
         sandbox::bind_to_parent(args.confine.expected_parent);

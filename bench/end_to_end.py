@@ -1,0 +1,227 @@
+"""End-to-end benchmarks: picklejail.load against torch.load(weights_only=True)
+on the same files in the same run, tensors touched (every tensor summed) so
+lazy mapping cannot hide work. Prints a Markdown table of medians and ratios.
+
+Run through scripts/bench, which builds everything and starts the daemons:
+    bench/end_to_end.py --socket COLD.sock --cached-socket CACHED.sock --data DIR
+"""
+
+import argparse
+import collections
+import json
+import multiprocessing
+import os
+import shutil
+import socket as socketlib
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "client" / "python"))
+import picklejail  # noqa: E402
+
+
+# ---------------------------------------------------------------- inputs
+
+def gpt2_state_dict():
+    """GPT-2 small's shapes (124M float32 parameters, ~500 MB) with tied embeddings."""
+    g = torch.Generator().manual_seed(0)
+    V, D, L = 50257, 768, 12
+    sd = collections.OrderedDict()
+    sd["wte.weight"] = torch.randn(V, D, generator=g)
+    sd["wpe.weight"] = torch.randn(1024, D, generator=g)
+    for i in range(L):
+        p = f"h.{i}."
+        for name, shape in [("ln_1.weight", (D,)), ("ln_1.bias", (D,)),
+                            ("attn.c_attn.weight", (D, 3 * D)), ("attn.c_attn.bias", (3 * D,)),
+                            ("attn.c_proj.weight", (D, D)), ("attn.c_proj.bias", (D,)),
+                            ("ln_2.weight", (D,)), ("ln_2.bias", (D,)),
+                            ("mlp.c_fc.weight", (D, 4 * D)), ("mlp.c_fc.bias", (4 * D,)),
+                            ("mlp.c_proj.weight", (4 * D, D)), ("mlp.c_proj.bias", (D,))]:
+            sd[p + name] = torch.randn(*shape, generator=g)
+    sd["ln_f.weight"] = torch.randn(D, generator=g)
+    sd["ln_f.bias"] = torch.randn(D, generator=g)
+    sd["lm_head.weight"] = sd["wte.weight"]  # tied
+    return sd
+
+
+def make_inputs(data, big):
+    data.mkdir(parents=True, exist_ok=True)
+    files = {"gpt2": data / "gpt2_500MB.pt", "small": data / "small_20000.pt",
+             "tiny": data / "tiny.pt"}
+    if not files["gpt2"].exists():
+        torch.save(gpt2_state_dict(), files["gpt2"])
+    if not files["small"].exists():
+        g = torch.Generator().manual_seed(1)
+        torch.save(collections.OrderedDict((f"layers.{i}.weight", torch.randn(16, generator=g))
+                                           for i in range(20_000)), files["small"])
+    if not files["tiny"].exists():
+        torch.save({"w": torch.ones(4, 4), "b": torch.zeros(4)}, files["tiny"])
+    if big:
+        files["big"] = data / "big_2GB.pt"
+        if not files["big"].exists():
+            g = torch.Generator().manual_seed(2)
+            torch.save({f"block.{i}": torch.randn(128, 1024, 1024 // 128 * 32, generator=g)
+                        for i in range(16)}, files["big"])
+    return files
+
+
+# ---------------------------------------------------------------- measuring
+
+def touch(obj):
+    """Sum every tensor, so each byte is really read."""
+    total = 0.0
+    seen = set()
+    for value in obj.values():
+        if id(value) not in seen:
+            seen.add(id(value))
+            total += float(value.sum())
+    return total
+
+
+def timed(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        touch(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def read_once(path):
+    with open(path, "rb") as f:
+        return len(f.read())
+
+
+def read_time(path, repeat):
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        read_once(path)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def stats(sock):
+    with socketlib.socket(socketlib.AF_UNIX) as s:
+        s.connect(sock)
+        s.sendall(b'{"op":"stats"}\n')
+        buf = b""
+        while not buf.endswith(b"\n"):
+            buf += s.recv(1 << 20)
+    return json.loads(buf)["stats"]
+
+
+def _concurrent_load(args):
+    path, sock, barrier_at = args
+    while time.time() < barrier_at:
+        time.sleep(0.0005)
+    start = time.perf_counter()
+    touch(picklejail.load(path, socket=sock))
+    return time.perf_counter() - start
+
+
+def concurrent(path, sock, processes):
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        barrier_at = time.time() + 0.5
+        start_wall = barrier_at
+        durations = pool.map(_concurrent_load, [(path, sock, barrier_at)] * processes)
+        wall = time.time() - start_wall
+    return wall, max(durations)
+
+
+# ---------------------------------------------------------------- the table
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--socket", required=True, help="daemon without cache (cold loads)")
+    parser.add_argument("--cached-socket", required=True, help="daemon with the image cache")
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--big", action="store_true", help="also measure a 2 GB checkpoint")
+    parser.add_argument("--audit-log", type=Path, help="the cold daemon's stderr (peak RSS)")
+    parser.add_argument("--json", type=Path, help="write the numbers here")
+    args = parser.parse_args()
+    files = make_inputs(args.data, args.big)
+    torch.set_num_threads(1)
+    rows, numbers = [], {}
+
+    def compare(label, path, target):
+        read_once(path)  # both sides start with the file in the page cache
+        ref = timed(lambda: torch.load(path, weights_only=True), args.repeat)
+        ours = timed(lambda: picklejail.load(path, socket=args.socket), args.repeat)
+        ratio = ours / ref
+        numbers[label] = {"torch_s": ref, "picklejail_s": ours, "ratio": ratio, "target": target}
+        rows.append((label, f"{ref * 1000:.0f} ms", f"{ours * 1000:.0f} ms", f"{ratio:.2f}×",
+                     f"≤ {target}×", "met" if ratio <= target else "NOT met"))
+
+    compare("500 MB state dict (GPT-2 shapes, tied)", files["gpt2"], 1.0)
+    read_ref = read_time(files["gpt2"], args.repeat)
+    numbers["read_500MB_s"] = read_ref
+    rows.append(("read() of the 500 MB file (reference)", "", f"{read_ref * 1000:.0f} ms",
+                 f"{read_ref / numbers['500 MB state dict (GPT-2 shapes, tied)']['torch_s']:.2f}×",
+                 "", ""))
+    compare("20,000 small tensors", files["small"], 0.25)
+
+    # Cached: the second and later loads of the same file.
+    picklejail.load(files["gpt2"], socket=args.cached_socket)
+    cached = timed(lambda: picklejail.load(files["gpt2"], socket=args.cached_socket), args.repeat)
+    ref = numbers["500 MB state dict (GPT-2 shapes, tied)"]["torch_s"]
+    numbers["500MB_cached_s"] = cached
+    rows.append(("500 MB, cached image (repeat load)", f"{ref * 1000:.0f} ms",
+                 f"{cached * 1000:.0f} ms", f"{cached / ref:.2f}×", "", ""))
+
+    # Tiny checkpoint round trip through the daemon.
+    lat = []
+    for _ in range(200):
+        start = time.perf_counter()
+        picklejail.load(files["tiny"], socket=args.socket)
+        lat.append(time.perf_counter() - start)
+    lat.sort()
+    p50, p99 = lat[len(lat) // 2], lat[int(len(lat) * 0.99)]
+    numbers["tiny_p50_ms"], numbers["tiny_p99_ms"] = p50 * 1000, p99 * 1000
+    rows.append(("tiny checkpoint round trip p50 / p99", "", f"{p50 * 1000:.1f} / {p99 * 1000:.1f} ms",
+                 "", "p50 ≤ 3 ms", "met" if p50 * 1000 <= 3 else "NOT met"))
+
+    # 8 processes load the 500 MB file at once through the caching daemon.
+    fresh = args.data / "gpt2_500MB_concurrent.pt"
+    if fresh.exists():
+        fresh.unlink()
+    shutil.copyfile(files["gpt2"], fresh)  # a new inode: the cache has not seen it
+    before = stats(args.cached_socket)
+    single = timed(lambda: picklejail.load(files["gpt2"], socket=args.socket), 3)
+    wall, slowest = concurrent(fresh, args.cached_socket, 8)
+    after = stats(args.cached_socket)
+    workers = after["workers_started"] - before["workers_started"]
+    ratio = wall / single
+    numbers["concurrent"] = {"wall_s": wall, "single_s": single, "ratio": ratio,
+                             "workers_started": workers, "cache_bytes": after["cache"]["bytes"]}
+    rows.append(("8 processes load one 500 MB file at once", f"single {single * 1000:.0f} ms",
+                 f"{wall * 1000:.0f} ms, {workers} conversion", f"{ratio:.2f}×", "≤ 1.5×, 1 conversion",
+                 "met" if ratio <= 1.5 and workers == 1 else "NOT met"))
+    fresh.unlink()
+
+    if args.big and args.audit_log:
+        picklejail.load(files["big"], socket=args.socket)
+        entries = [json.loads(l) for l in args.audit_log.read_text().splitlines() if l.startswith("{")]
+        last = [e for e in entries if e.get("event") == "request" and e.get("result") == "ok"][-1]
+        above = last["peak_rss_kib"] / 1024
+        numbers["big_worker_peak_rss_mib"] = above
+        rows.append(("worker peak RSS, 2 GB checkpoint", "", f"{above:.0f} MiB", "",
+                     "≤ 64 MiB above output", "met" if above <= 64 else "NOT met"))
+
+    print("| benchmark | torch.load | picklejail | ratio | target | |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    if args.json:
+        args.json.write_text(json.dumps(numbers, indent=2))
+
+
+if __name__ == "__main__":
+    main()
