@@ -211,6 +211,8 @@ std::shared_ptr<PendingRequest> start_load(Services& s, const ipc::PeerCredentia
     options.memory_bytes = s.config.worker_memory_bytes;
     options.output_bytes = s.config.max_output_bytes;
     options.select = load->request.select;
+    options.network_namespace_fd = s.network_namespace.get();
+    options.worker_identity = s.worker_identity;
     if (load->request.transport == ipc::Transport::shm) s.shm.check_quota(peer.uid, 0);
 
     Services* services = &s;

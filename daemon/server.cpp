@@ -31,7 +31,9 @@ Server::Server(boost::asio::io_context& io, Config config, ListenSocket listen)
                 AuditLog(stderr),
                 config.cache_bytes > 0 ? std::make_unique<ImageCache>(config.cache_bytes) : nullptr,
                 InFlightConversions{},
-                false},
+                false,
+                sandbox::create_empty_network_namespace(),
+                sandbox::worker_identity()},
       acceptor_(io, boost::asio::local::stream_protocol(), listen_.fd.release()),
       signals_(io, SIGTERM, SIGINT, SIGHUP),
       drain_poll_(io) {}

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <linux/sched.h>
+#include <sched.h>
 #include <poll.h>
 #include <pwd.h>
 #include <seccomp.h>
@@ -42,19 +43,6 @@ UniqueFd dup_high(int fd) {
     return out;
 }
 
-struct Identity {
-    uid_t uid;
-    gid_t gid;
-};
-
-// The dedicated system user when it exists, else nobody.
-Identity unprivileged_identity() {
-    for (const char* name : {"picklejail", "nobody"}) {
-        if (const passwd* pw = ::getpwnam(name); pw != nullptr && pw->pw_uid != 0)
-            return {pw->pw_uid, pw->pw_gid};
-    }
-    return {65534, 65534};
-}
 
 // True when the process behind `pidfd` ended before the deadline.
 bool wait_for_exit(int pidfd, std::chrono::milliseconds deadline) {
@@ -135,7 +123,7 @@ PreparedExec prepare_exec(const SpawnOptions& options, std::uint64_t input_size,
     add("--cpu-seconds", std::to_string(cpu));
     add("--output-bytes", std::to_string(options.output_bytes));
     if (drop) {
-        const auto id = unprivileged_identity();
+        const auto id = options.worker_identity ? *options.worker_identity : worker_identity();
         add("--drop-to-uid", std::to_string(id.uid));
         add("--drop-to-gid", std::to_string(id.gid));
     }
@@ -145,7 +133,9 @@ PreparedExec prepare_exec(const SpawnOptions& options, std::uint64_t input_size,
 }
 
 // In the child between clone and exec only async-signal-safe calls happen.
-[[noreturn]] void exec_child(const PreparedExec& exec, int in, int out, int result, int devnull) {
+[[noreturn]] void exec_child(const PreparedExec& exec, int in, int out, int result, int devnull,
+                             int network_namespace) {
+    if (network_namespace >= 0 && ::setns(network_namespace, CLONE_NEWNET) != 0) ::_exit(127);
     if (::dup2(devnull, 0) < 0 || ::dup2(devnull, 1) < 0 || ::dup2(devnull, 2) < 0 ||
         ::dup2(in, kInputFd) < 0 || ::dup2(out, kOutputFd) < 0 || ::dup2(result, kResultFd) < 0) {
         ::_exit(127);
@@ -155,19 +145,25 @@ PreparedExec prepare_exec(const SpawnOptions& options, std::uint64_t input_size,
     ::_exit(127);
 }
 
-ChildProcess start_child(const PreparedExec& exec, int in, int out, int result, bool isolate) {
+// `network_namespace`: an empty one to join (cheaper than creating one per
+// worker, which costs most of a millisecond); -1 creates a fresh one.
+ChildProcess start_child(const PreparedExec& exec, int in, int out, int result, bool isolate,
+                         int network_namespace) {
     UniqueFd devnull(::open("/dev/null", O_RDWR | O_CLOEXEC));
     if (!devnull) spawn_fail("open /dev/null");
     int pidfd = -1;
     clone_args args{};
     args.flags = CLONE_PIDFD;
-    if (isolate)
-        args.flags |= CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWPID;
+    if (isolate) {
+        args.flags |= CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWPID;
+        if (network_namespace < 0) args.flags |= CLONE_NEWNET;
+    }
     args.pidfd = reinterpret_cast<std::uint64_t>(&pidfd);
     args.exit_signal = SIGCHLD;
     const long pid = ::syscall(SYS_clone3, &args, sizeof args);
     if (pid < 0) spawn_fail("clone3");
-    if (pid == 0) exec_child(exec, in, out, result, devnull.get());
+    if (pid == 0)
+        exec_child(exec, in, out, result, devnull.get(), isolate ? network_namespace : -1);
     return ChildProcess(static_cast<pid_t>(pid), UniqueFd(pidfd));
 }
 
@@ -267,6 +263,33 @@ void verify_output(int output_fd, JobResult& result) {
 
 }  // namespace
 
+WorkerIdentity worker_identity() {
+    for (const char* name : {"picklejail", "nobody"}) {
+        if (const passwd* pw = ::getpwnam(name); pw != nullptr && pw->pw_uid != 0)
+            return {pw->pw_uid, pw->pw_gid};
+    }
+    return {65534, 65534};
+}
+
+ipc::UniqueFd create_empty_network_namespace() {
+    if (::geteuid() != 0) return {};
+    clone_args args{};
+    int pidfd = -1;
+    args.flags = CLONE_PIDFD | CLONE_NEWNET;
+    args.pidfd = reinterpret_cast<std::uint64_t>(&pidfd);
+    args.exit_signal = SIGCHLD;
+    const long pid = ::syscall(SYS_clone3, &args, sizeof args);
+    if (pid < 0) spawn_fail("clone3 (network namespace)");
+    if (pid == 0) {
+        ::pause();  // lives only until the parent has opened its namespace
+        ::_exit(0);
+    }
+    ChildProcess holder(static_cast<pid_t>(pid), UniqueFd(pidfd));
+    UniqueFd ns(::open(("/proc/" + std::to_string(pid) + "/ns/net").c_str(), O_RDONLY | O_CLOEXEC));
+    if (!ns) spawn_fail("open the worker network namespace");
+    return ns;  // holder's destructor kills and reaps the child
+}
+
 std::filesystem::path default_worker_path() {
     if (const char* env = std::getenv("PICKLEJAIL_WORKER"); env != nullptr && *env != '\0')
         return env;
@@ -328,7 +351,8 @@ RunningJob start_worker(int input_fd, int output_fd, const SpawnOptions& options
     {
         const UniqueFd result_fd = dup_high(result_write.get());
         state->child = std::make_unique<ChildProcess>(
-            start_child(exec, in.get(), state->output.get(), result_fd.get(), isolate));
+            start_child(exec, in.get(), state->output.get(), result_fd.get(), isolate,
+                        options.network_namespace_fd));
     }
     // Only the worker holds the result pipe's write end now, so EOF means it is gone.
     state->isolated = isolate;

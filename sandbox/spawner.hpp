@@ -14,8 +14,15 @@
 #include <vector>
 
 #include "common/error.hpp"
+#include "ipc/unique_fd.hpp"
 
 namespace picklejail::sandbox {
+
+// The unprivileged user workers run as (when the spawner is root).
+struct WorkerIdentity {
+    uid_t uid;
+    gid_t gid;
+};
 
 struct SpawnOptions {
     std::filesystem::path worker;  // empty: default_worker_path()
@@ -27,6 +34,8 @@ struct SpawnOptions {
     std::uint64_t output_bytes = 1ULL << 40;  // RLIMIT_FSIZE on the output
     std::optional<std::string> selftest_act;  // run a forbidden act instead of a job
     bool isolate = true;                      // as root: namespaces + unprivileged uid
+    int network_namespace_fd = -1;  // an empty network namespace to join; -1: a new one each
+    std::optional<WorkerIdentity> worker_identity;  // unset: looked up (worker_identity())
 };
 
 struct JobResult {
@@ -41,6 +50,14 @@ struct JobResult {
     bool isolated = false;  // namespaces and uid switch were applied
     pid_t pid = 0;          // for diagnostics and tests (already reaped)
 };
+
+// The dedicated picklejail user when it exists, else nobody. Looks up the
+// user database: long-lived callers resolve it once.
+[[nodiscard]] WorkerIdentity worker_identity();
+
+// An empty network namespace (no interfaces, not even loopback up) that
+// workers can share: made once by a short-lived child. Invalid when not root.
+[[nodiscard]] ipc::UniqueFd create_empty_network_namespace();
 
 // <dir of this executable>/picklejail-worker, or $PICKLEJAIL_WORKER.
 [[nodiscard]] std::filesystem::path default_worker_path();
