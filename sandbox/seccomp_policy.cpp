@@ -92,6 +92,11 @@ SeccompFilter SeccompFilter::worker_policy() {
     allow_mmap(ctx, -1, MAP_PRIVATE | MAP_ANONYMOUS);
     // Memory management for malloc and the output mapping.
     allow(ctx, SCMP_SYS(munmap));
+    // mimalloc decommits and recommits its own pages; never towards PROT_EXEC.
+    if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(mprotect), 1,
+                         SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_EXEC, 0)) != 0) {
+        throw Error(ErrorCode::internal, "seccomp_rule_add(mprotect) failed");
+    }
     allow(ctx, SCMP_SYS(brk));
     allow(ctx, SCMP_SYS(mremap));
     allow(ctx, SCMP_SYS(madvise));

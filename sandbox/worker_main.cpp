@@ -138,11 +138,13 @@ int selftest(const WorkerArgs& args) {
     return 0;
 }
 
-// mimalloc reports allocation failures on stderr, a write the seccomp filter
-// refuses; the failure itself still reaches us as bad_alloc.
+// mimalloc reports allocation failures on stderr (a write the seccomp filter
+// refuses) and may abort; silenced, a failure reaches us as bad_alloc.
 void silence_allocator() {
 #ifdef PICKLEJAIL_WITH_MIMALLOC
     mi_register_output([](const char*, void*) {}, nullptr);
+    // The default handler may abort(); returning lets malloc return null.
+    mi_register_error([](int, void*) {}, nullptr);
 #endif
 }
 
