@@ -68,7 +68,17 @@ class Daemon:
             return c.request({"op": "stats"})["stats"]
 
     def open_fds(self):
-        return sorted(os.listdir(f"/proc/{self.proc.pid}/fd"))
+        """The daemon's fds once no connection is open (the ones our own
+        probes made close asynchronously, so wait until the set is stable)."""
+        previous = None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            current = sorted(os.listdir(f"/proc/{self.proc.pid}/fd"))
+            if current == previous:
+                return current
+            previous = current
+            time.sleep(0.15)
+        return previous
 
     def children(self):
         try:
