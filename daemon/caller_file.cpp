@@ -79,11 +79,13 @@ FileIdentity readable_file_identity(int fd) {
     struct stat st {};
     if (::fstat(fd, &st) != 0)
         throw Error(ErrorCode::io_error, std::string("fstat: ") + std::strerror(errno));
-    if (!S_ISREG(st.st_mode)) throw Error(ErrorCode::io_error, "the checkpoint is not a regular file");
+    if (!S_ISREG(st.st_mode))
+        throw Error(ErrorCode::io_error, "the checkpoint is not a regular file");
     const int flags = ::fcntl(fd, F_GETFL);
     if (flags < 0 || (flags & O_ACCMODE) == O_WRONLY || (flags & O_PATH) != 0)
         throw Error(ErrorCode::denied, "the checkpoint's fd is not open for reading");
-    return FileIdentity{static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino),
+    return FileIdentity{static_cast<std::uint64_t>(st.st_dev),
+                        static_cast<std::uint64_t>(st.st_ino),
                         static_cast<std::uint64_t>(st.st_size),
                         st.st_mtim.tv_sec * 1'000'000'000LL + st.st_mtim.tv_nsec,
                         st.st_ctim.tv_sec * 1'000'000'000LL + st.st_ctim.tv_nsec};

@@ -43,23 +43,40 @@ mode_t octal_mode(const std::string& value) {
 }
 
 void apply(Config& c, const std::string& key, const nlohmann::json& v) {
-    if (key == "socket") c.socket_path = text(v, key);
-    else if (key == "socket_mode") c.socket_mode = octal_mode(text(v, key));
-    else if (key == "policy_dir") c.policy_dir = text(v, key);
-    else if (key == "worker") c.worker = text(v, key);
-    else if (key == "default_policy") c.default_policy = text(v, key);
-    else if (key == "max_workers") c.max_workers = small_number(v, key);
-    else if (key == "max_queue") c.max_queue = small_number(v, key);
-    else if (key == "max_requests_per_uid") c.max_requests_per_uid = small_number(v, key);
-    else if (key == "max_connections") c.max_connections = small_number(v, key);
-    else if (key == "max_shm_bytes_per_uid") c.max_shm_bytes_per_uid = number(v, key);
-    else if (key == "max_input_bytes") c.max_input_bytes = number(v, key);
-    else if (key == "max_output_bytes") c.max_output_bytes = number(v, key);
-    else if (key == "deadline_s") c.deadline = std::chrono::seconds(number(v, key));
-    else if (key == "deadline_ms") c.deadline = std::chrono::milliseconds(number(v, key));
-    else if (key == "worker_memory_bytes") c.worker_memory_bytes = number(v, key);
-    else if (key == "shm_ttl_s") c.shm_ttl = std::chrono::seconds(number(v, key));
-    else if (key == "cache_bytes") c.cache_bytes = number(v, key);
+    if (key == "socket")
+        c.socket_path = text(v, key);
+    else if (key == "socket_mode")
+        c.socket_mode = octal_mode(text(v, key));
+    else if (key == "policy_dir")
+        c.policy_dir = text(v, key);
+    else if (key == "worker")
+        c.worker = text(v, key);
+    else if (key == "default_policy")
+        c.default_policy = text(v, key);
+    else if (key == "max_workers")
+        c.max_workers = small_number(v, key);
+    else if (key == "max_queue")
+        c.max_queue = small_number(v, key);
+    else if (key == "max_requests_per_uid")
+        c.max_requests_per_uid = small_number(v, key);
+    else if (key == "max_connections")
+        c.max_connections = small_number(v, key);
+    else if (key == "max_shm_bytes_per_uid")
+        c.max_shm_bytes_per_uid = number(v, key);
+    else if (key == "max_input_bytes")
+        c.max_input_bytes = number(v, key);
+    else if (key == "max_output_bytes")
+        c.max_output_bytes = number(v, key);
+    else if (key == "deadline_s")
+        c.deadline = std::chrono::seconds(number(v, key));
+    else if (key == "deadline_ms")
+        c.deadline = std::chrono::milliseconds(number(v, key));
+    else if (key == "worker_memory_bytes")
+        c.worker_memory_bytes = number(v, key);
+    else if (key == "shm_ttl_s")
+        c.shm_ttl = std::chrono::seconds(number(v, key));
+    else if (key == "cache_bytes")
+        c.cache_bytes = number(v, key);
     else if (key == "loader_limits") {
         if (!v.is_object()) bad("\"loader_limits\" must be an object");
         c.loader_limits_json = v.dump();

@@ -53,10 +53,14 @@ void ImageCache::evict_to(std::uint64_t limit) {
 }
 
 nlohmann::json ImageCache::stats() const {
-    return {{"entries", lru_.size()},   {"bytes", bytes_},
-            {"max_bytes", max_bytes_},  {"hits", hits_},
-            {"misses", misses_},        {"evictions", evictions_},
-            {"invalidations", invalidations_}, {"coalesced", coalesced_}};
+    return {{"entries", lru_.size()},
+            {"bytes", bytes_},
+            {"max_bytes", max_bytes_},
+            {"hits", hits_},
+            {"misses", misses_},
+            {"evictions", evictions_},
+            {"invalidations", invalidations_},
+            {"coalesced", coalesced_}};
 }
 
 }  // namespace picklejail::daemon

@@ -10,11 +10,10 @@
 #include <list>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "daemon/caller_file.hpp"
 #include "ipc/unique_fd.hpp"

@@ -62,6 +62,8 @@ ListenSocket open_listen_socket(const std::filesystem::path& path, mode_t mode) 
     return out;
 }
 
-void notify_systemd(const std::string& state) { (void)::sd_notify(0, state.c_str()); }
+void notify_systemd(const std::string& state) {
+    (void)::sd_notify(0, state.c_str());
+}
 
 }  // namespace picklejail::daemon

@@ -95,7 +95,8 @@ int main(int argc, char** argv) {
     try {
         const Config config = build_config(app, flags);
         boost::asio::io_context io(1);
-        auto listen = picklejail::daemon::open_listen_socket(config.socket_path, config.socket_mode);
+        auto listen =
+            picklejail::daemon::open_listen_socket(config.socket_path, config.socket_mode);
         picklejail::daemon::Server server(io, config, std::move(listen));
         server.start();
         io.run();

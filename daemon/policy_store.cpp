@@ -6,7 +6,9 @@
 
 namespace picklejail::daemon {
 
-PolicyStore::PolicyStore(std::filesystem::path dir) : dir_(std::move(dir)) { reload(); }
+PolicyStore::PolicyStore(std::filesystem::path dir) : dir_(std::move(dir)) {
+    reload();
+}
 
 void PolicyStore::reload() {
     std::map<std::string, std::string> loaded;
@@ -18,9 +20,9 @@ void PolicyStore::reload() {
         (void)loader::Policy::from_json(text);  // refuse a broken file now, not per request
         loaded.emplace(name, std::move(text));
     }
-    if (ec) throw Error(ErrorCode::invalid_request, "cannot read policy directory " + dir_.string());
-    if (loaded.empty())
-        throw Error(ErrorCode::invalid_request, "no policies in " + dir_.string());
+    if (ec)
+        throw Error(ErrorCode::invalid_request, "cannot read policy directory " + dir_.string());
+    if (loaded.empty()) throw Error(ErrorCode::invalid_request, "no policies in " + dir_.string());
     policies_ = std::move(loaded);
     ++generation_;
 }

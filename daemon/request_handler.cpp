@@ -175,17 +175,17 @@ std::shared_ptr<PendingRequest> load_through_cache(
         if (outcome.result.status != ErrorCode::ok || !outcome.image || !services->cache) return;
         const int copy = ::fcntl(outcome.image.get(), F_DUPFD_CLOEXEC, 0);
         if (copy < 0) return;
-        services->cache->insert(key, CachedImage{std::make_shared<const ipc::UniqueFd>(copy),
-                                                 outcome.result.output_size,
-                                                 outcome.result.tensor_count,
-                                                 outcome.result.source_format});
+        services->cache->insert(
+            key,
+            CachedImage{std::make_shared<const ipc::UniqueFd>(copy), outcome.result.output_size,
+                        outcome.result.tensor_count, outcome.result.source_format});
     };
     return s.in_flight.start(key, submit, fill_cache, deliver);
 }
 
 std::shared_ptr<PendingRequest> start_load(Services& s, const ipc::PeerCredentials& peer,
-                                ipc::Request request, std::vector<ipc::UniqueFd> fds,
-                                ReplyHandler reply, nlohmann::json audit) {
+                                           ipc::Request request, std::vector<ipc::UniqueFd> fds,
+                                           ReplyHandler reply, nlohmann::json audit) {
     auto load = std::make_shared<LoadRequest>();
     load->peer = peer;
     load->policy = request.policy.empty() ? s.config.default_policy : request.policy;
@@ -257,13 +257,14 @@ nlohmann::json stats_json(const Services& s) {
 }  // namespace
 
 std::shared_ptr<PendingRequest> handle_request(Services& services, const ipc::PeerCredentials& peer,
-                                    ipc::Request request, std::vector<ipc::UniqueFd> fds,
-                                    ReplyHandler reply) {
+                                               ipc::Request request, std::vector<ipc::UniqueFd> fds,
+                                               ReplyHandler reply) {
     services.stats.count_request(ipc::to_string(request.op));
     const nlohmann::json id = request.id;
     switch (request.op) {
         case ipc::Op::ping:
-            reply(Reply(ipc::ok_reply({{"version", kVersion}, {"protocol", ipc::kProtocolVersion}}, id)));
+            reply(Reply(
+                ipc::ok_reply({{"version", kVersion}, {"protocol", ipc::kProtocolVersion}}, id)));
             return nullptr;
         case ipc::Op::stats:
             reply(Reply(ipc::ok_reply({{"stats", stats_json(services)}}, id)));

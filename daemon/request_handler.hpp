@@ -5,9 +5,8 @@
 
 #include <functional>
 #include <memory>
-#include <vector>
-
 #include <nlohmann/json.hpp>
+#include <vector>
 
 #include "daemon/services.hpp"
 #include "ipc/file_mapping.hpp"
@@ -21,8 +20,8 @@ struct Reply {
     Reply() = default;
     explicit Reply(nlohmann::json m) : message(std::move(m)) {}
     nlohmann::json message;
-    ipc::UniqueFd fd;       // attached with SCM_RIGHTS (memfd transport)
-    ipc::Mapping payload;   // raw bytes after the line (inline transport)
+    ipc::UniqueFd fd;      // attached with SCM_RIGHTS (memfd transport)
+    ipc::Mapping payload;  // raw bytes after the line (inline transport)
     bool close_after = false;
 };
 
@@ -32,9 +31,9 @@ using ReplyHandler = std::function<void(Reply)>;
 // load/inspect return the job, which the session cancels if the client goes
 // away, and call `reply` when the worker is done.
 [[nodiscard]] std::shared_ptr<PendingRequest> handle_request(Services& services,
-                                                  const ipc::PeerCredentials& peer,
-                                                  ipc::Request request,
-                                                  std::vector<ipc::UniqueFd> fds,
-                                                  ReplyHandler reply);
+                                                             const ipc::PeerCredentials& peer,
+                                                             ipc::Request request,
+                                                             std::vector<ipc::UniqueFd> fds,
+                                                             ReplyHandler reply);
 
 }  // namespace picklejail::daemon

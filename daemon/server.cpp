@@ -52,11 +52,12 @@ void Server::start() {
     accept_next();
     const auto& c = services_.config;
     services_.audit.event(
-        "start", {{"socket", listen_.from_systemd ? "systemd" : listen_.bound_path.string()},
-                  {"policy_dir", services_.policies.dir().string()},
-                  {"policies", services_.policies.names()},
-                  {"worker", (c.worker.empty() ? sandbox::default_worker_path() : c.worker).string()},
-                  {"max_workers", services_.pool.limits().max_workers}});
+        "start",
+        {{"socket", listen_.from_systemd ? "systemd" : listen_.bound_path.string()},
+         {"policy_dir", services_.policies.dir().string()},
+         {"policies", services_.policies.names()},
+         {"worker", (c.worker.empty() ? sandbox::default_worker_path() : c.worker).string()},
+         {"max_workers", services_.pool.limits().max_workers}});
     notify_systemd("READY=1\nSTATUS=accepting requests");
 }
 
@@ -69,14 +70,14 @@ void Server::accept_next() {
             if (sessions_.size() >= services_.config.max_connections) {
                 // Say why before hanging up, so a client sees busy, not a reset.
                 ++services_.stats.connections_refused;
-                const auto line = ipc::to_line(ipc::error_reply(
-                    ErrorCode::busy, "too many open connections; retry later"));
+                const auto line = ipc::to_line(
+                    ipc::error_reply(ErrorCode::busy, "too many open connections; retry later"));
                 boost::system::error_code ignored;
                 socket.non_blocking(true, ignored);
                 (void)socket.write_some(boost::asio::buffer(line), ignored);
             } else {
-                auto session = std::make_shared<Session>(
-                    services_, std::move(socket), [this](Session* s) { forget(s); });
+                auto session = std::make_shared<Session>(services_, std::move(socket),
+                                                         [this](Session* s) { forget(s); });
                 sessions_.emplace(session.get(), session);
                 services_.stats.connections_open = sessions_.size();
                 try {

@@ -25,7 +25,7 @@ struct Services {
     std::unique_ptr<ImageCache> cache;  // null when caching is off
     InFlightConversions in_flight;      // used with the cache
     bool draining = false;
-    ipc::UniqueFd network_namespace;  // the empty one workers join (as root)
+    ipc::UniqueFd network_namespace;          // the empty one workers join (as root)
     sandbox::WorkerIdentity worker_identity;  // resolved once at start
 };
 

@@ -120,13 +120,14 @@ void Session::write_line() {
     try {
         while (out_sent_ < out_line_.size()) {
             const auto rest = std::as_bytes(std::span(out_line_)).subspan(out_sent_);
-            const std::size_t sent = ipc::send_with_fd(socket_.native_handle(), rest, out_fd_.get());
+            const std::size_t sent =
+                ipc::send_with_fd(socket_.native_handle(), rest, out_fd_.get());
             if (sent == 0) {
-                socket_.async_wait(Socket::wait_write,
-                                   [self = shared_from_this()](const boost::system::error_code& ec) {
-                                       if (ec) return self->close();
-                                       self->write_line();
-                                   });
+                socket_.async_wait(Socket::wait_write, [self = shared_from_this()](
+                                                           const boost::system::error_code& ec) {
+                    if (ec) return self->close();
+                    self->write_line();
+                });
                 return;
             }
             out_sent_ += sent;
@@ -142,20 +143,21 @@ void Session::write_line() {
 void Session::write_payload() {
     if (out_payload_.size() == 0) return on_reply_sent();
     const auto bytes = out_payload_.bytes();
-    boost::asio::async_write(socket_, boost::asio::buffer(bytes.data(), bytes.size()),
-                             [self = shared_from_this()](const boost::system::error_code& ec,
-                                                         std::size_t) {
-                                 self->out_payload_.reset();
-                                 if (ec) return self->close();
-                                 self->on_reply_sent();
-                             });
+    boost::asio::async_write(
+        socket_, boost::asio::buffer(bytes.data(), bytes.size()),
+        [self = shared_from_this()](const boost::system::error_code& ec, std::size_t) {
+            self->out_payload_.reset();
+            if (ec) return self->close();
+            self->on_reply_sent();
+        });
 }
 
 void Session::on_reply_sent() {
     in_request_ = false;
     if (out_close_after_) return close();
     // Posted, so a burst of pipelined requests does not recurse.
-    boost::asio::post(socket_.get_executor(), [self = shared_from_this()] { self->process_next(); });
+    boost::asio::post(socket_.get_executor(),
+                      [self = shared_from_this()] { self->process_next(); });
 }
 
 void Session::fail_and_close(ErrorCode code, const std::string& message) {

@@ -69,7 +69,8 @@ std::string ShmRegistry::publish(uid_t uid, gid_t gid, std::span<const std::byte
 void ShmRegistry::release(uid_t uid, const std::string& name) {
     const auto it = entries_.find(name);
     if (it == entries_.end())
-        throw Error(ErrorCode::invalid_request, "no shared memory named \"" + name.substr(0, 80) + "\"");
+        throw Error(ErrorCode::invalid_request,
+                    "no shared memory named \"" + name.substr(0, 80) + "\"");
     if (it->second.owner != uid)
         throw Error(ErrorCode::denied, "that shared memory belongs to another user");
     it->second.expiry->cancel();

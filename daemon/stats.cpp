@@ -3,9 +3,9 @@
 namespace picklejail::daemon {
 
 nlohmann::json Stats::to_json() const {
-    const auto uptime = std::chrono::duration_cast<std::chrono::seconds>(
-                            std::chrono::steady_clock::now() - started)
-                            .count();
+    const auto uptime =
+        std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started)
+            .count();
     return {{"uptime_s", uptime},
             {"connections", connections_open},
             {"connections_total", connections_total},

@@ -4,9 +4,8 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "common/error.hpp"
 

@@ -52,7 +52,8 @@ void Job::launch(WorkerPool& pool) {
     auto self = shared_from_this();
     exit_watch_.async_wait(boost::asio::posix::stream_descriptor::wait_read,
                            [self](const boost::system::error_code& ec) {
-                               if (ec != boost::asio::error::operation_aborted) self->on_exit(false);
+                               if (ec != boost::asio::error::operation_aborted)
+                                   self->on_exit(false);
                            });
     deadline_.expires_after(options_.deadline);
     deadline_.async_wait([self](const boost::system::error_code& ec) {
@@ -99,8 +100,7 @@ std::shared_ptr<Job> WorkerPool::submit(uid_t uid, ipc::UniqueFd input,
     unsigned& mine = per_uid_[uid];
     if (mine >= limits_.max_per_uid) {
         throw Error(ErrorCode::busy, "uid " + std::to_string(uid) + " already has " +
-                                         std::to_string(mine) +
-                                         " requests in progress (limit " +
+                                         std::to_string(mine) + " requests in progress (limit " +
                                          std::to_string(limits_.max_per_uid) + ")");
     }
     const bool slot_free = running_ < limits_.max_workers;
@@ -109,7 +109,8 @@ std::shared_ptr<Job> WorkerPool::submit(uid_t uid, ipc::UniqueFd input,
                                          " workers are busy and " + std::to_string(queue_.size()) +
                                          " requests are queued; retry later");
     }
-    auto job = std::make_shared<Job>(io_, uid, std::move(input), std::move(options), std::move(done));
+    auto job =
+        std::make_shared<Job>(io_, uid, std::move(input), std::move(options), std::move(done));
     ++mine;
     queue_.push_back(job);
     start_ready();

@@ -12,10 +12,10 @@
 namespace picklejail::ipc {
 
 struct ReceivedChunk {
-    std::size_t size = 0;       // bytes placed in the buffer; 0 with `closed` at end of stream
-    std::vector<UniqueFd> fds;  // descriptors that arrived with these bytes
-    bool closed = false;        // the peer shut down its side
-    bool fds_truncated = false; // the peer sent more descriptors than we accept
+    std::size_t size = 0;        // bytes placed in the buffer; 0 with `closed` at end of stream
+    std::vector<UniqueFd> fds;   // descriptors that arrived with these bytes
+    bool closed = false;         // the peer shut down its side
+    bool fds_truncated = false;  // the peer sent more descriptors than we accept
 };
 
 // One recvmsg. Returns nullopt when a non-blocking socket has nothing to

@@ -18,8 +18,8 @@ nlohmann::ordered_json image_summary(const SafetensorsIndex& index, const std::s
     out["format"] = metadata_value(index, "picklejail.source_format");
     out["pickle_protocol"] = std::atoi(metadata_value(index, "picklejail.pickle_protocol").c_str());
     out["policy"] = policy;
-    out["globals"] = nlohmann::ordered_json::parse(metadata_value(index, "picklejail.globals"),
-                                                   nullptr, false);
+    out["globals"] =
+        nlohmann::ordered_json::parse(metadata_value(index, "picklejail.globals"), nullptr, false);
     if (!out["globals"].is_array()) out["globals"] = nlohmann::ordered_json::array();
     out["tensors"] = nlohmann::ordered_json::array();
     for (const auto& t : index.tensors) {

@@ -3,9 +3,8 @@
 // from the validated header, never from the checkpoint itself.
 #pragma once
 
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "ipc/safetensors_check.hpp"
 

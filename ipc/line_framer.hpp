@@ -44,7 +44,7 @@ class LineFramer {
     std::size_t max_line_;
     std::size_t max_buffered_;
     std::string buffer_;
-    std::uint64_t consumed_ = 0;                      // stream offset of buffer_[0]
+    std::uint64_t consumed_ = 0;                          // stream offset of buffer_[0]
     std::deque<std::pair<std::uint64_t, UniqueFd>> fds_;  // stream offset → fd
 };
 

@@ -50,11 +50,9 @@ void parse_source(const nlohmann::json& message, Request& request) {
         request.fd = fd->get<bool>();
     }
     if (field(message, "path") != nullptr) request.path = string_field(message, "path");
-    if (request.fd == request.path.has_value())
-        bad("give exactly one of \"path\" and \"fd\":true");
+    if (request.fd == request.path.has_value()) bad("give exactly one of \"path\" and \"fd\":true");
     if (request.path) {
-        if (request.path->empty() || request.path->front() != '/')
-            bad("\"path\" must be absolute");
+        if (request.path->empty() || request.path->front() != '/') bad("\"path\" must be absolute");
         if (request.path->find('\0') != std::string::npos) bad("\"path\" contains a NUL byte");
     }
 }
@@ -160,9 +158,8 @@ std::string named_global(std::string_view message) {
          at = message.find(marker, at + 1)) {
         const std::size_t begin = at + marker.size();
         std::size_t end = begin;
-        while (end < message.size() &&
-               (std::isalnum(static_cast<unsigned char>(message[end])) || message[end] == '_' ||
-                message[end] == '.')) {
+        while (end < message.size() && (std::isalnum(static_cast<unsigned char>(message[end])) ||
+                                        message[end] == '_' || message[end] == '.')) {
             ++end;
         }
         if (end > begin && message.substr(begin, end - begin).find('.') != std::string_view::npos)

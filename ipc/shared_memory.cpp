@@ -42,7 +42,9 @@ SharedMemoryObject::SharedMemoryObject(std::string name, std::span<const std::by
     }
 }
 
-SharedMemoryObject::~SharedMemoryObject() { bip::shared_memory_object::remove(name_.c_str()); }
+SharedMemoryObject::~SharedMemoryObject() {
+    bip::shared_memory_object::remove(name_.c_str());
+}
 
 bool shared_memory_exists(const std::string& name) {
     struct stat st {};

@@ -1,8 +1,7 @@
 #include "loader/checkpoint_loader.hpp"
 
-#include <set>
-
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "loader/checkpoint_readers.hpp"
 #include "loader/object_arena.hpp"

@@ -10,7 +10,6 @@
 #include <string>
 
 #include "common/error.hpp"
-
 #include "ipc/file_mapping.hpp"
 
 namespace picklejail::sandbox {
@@ -61,9 +60,8 @@ WriteStats write_image(const loader::Conversion& conversion, int input_fd,
         const auto& t = layout.tensors()[i];
         const std::uint64_t at = layout.data_offset() + t.begin;
         const std::uint64_t length = t.end - t.begin;
-        const auto from = length >= kMinSendfile
-                              ? offset_in(input, layout.contiguous_source(i))
-                              : std::nullopt;
+        const auto from =
+            length >= kMinSendfile ? offset_in(input, layout.contiguous_source(i)) : std::nullopt;
         if (from) {
             send_range(input_fd, *from, output_fd, at, length);
             stats.sent_bytes += length;

@@ -2,9 +2,9 @@
 
 #include <fcntl.h>
 #include <linux/sched.h>
-#include <sched.h>
 #include <poll.h>
 #include <pwd.h>
+#include <sched.h>
 #include <seccomp.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -43,7 +43,6 @@ UniqueFd dup_high(int fd) {
     return out;
 }
 
-
 // True when the process behind `pidfd` ended before the deadline.
 bool wait_for_exit(int pidfd, std::chrono::milliseconds deadline) {
     pollfd pfd{pidfd, POLLIN, 0};
@@ -78,7 +77,9 @@ class ChildProcess {
     ChildProcess& operator=(ChildProcess&&) = delete;
     [[nodiscard]] pid_t pid() const noexcept { return pid_; }
     [[nodiscard]] int pidfd() const noexcept { return pidfd_.get(); }
-    void kill() const noexcept { (void)::syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGKILL, nullptr, 0); }
+    void kill() const noexcept {
+        (void)::syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGKILL, nullptr, 0);
+    }
     struct Status {
         int wait_status = 0;
         rusage usage{};
@@ -297,9 +298,10 @@ std::filesystem::path default_worker_path() {
     const auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
     const auto dir = ec ? std::filesystem::path(".") : exe.parent_path();
     // The build tree keeps it beside the binaries; an install puts it in libexec.
-    for (const auto& candidate : {dir / "picklejail-worker",
-                                  dir.parent_path() / "libexec" / "picklejail" / "picklejail-worker",
-                                  std::filesystem::path(PICKLEJAIL_INSTALL_WORKER)}) {
+    for (const auto& candidate :
+         {dir / "picklejail-worker",
+          dir.parent_path() / "libexec" / "picklejail" / "picklejail-worker",
+          std::filesystem::path(PICKLEJAIL_INSTALL_WORKER)}) {
         if (std::filesystem::is_regular_file(candidate, ec)) return candidate;
     }
     return dir / "picklejail-worker";
@@ -319,9 +321,15 @@ RunningJob::RunningJob(RunningJob&&) noexcept = default;
 RunningJob& RunningJob::operator=(RunningJob&&) noexcept = default;
 RunningJob::~RunningJob() = default;  // ChildProcess kills and reaps an unfinished worker
 
-pid_t RunningJob::pid() const noexcept { return state_->child->pid(); }
-int RunningJob::pidfd() const noexcept { return state_->child->pidfd(); }
-void RunningJob::kill() const noexcept { state_->child->kill(); }
+pid_t RunningJob::pid() const noexcept {
+    return state_->child->pid();
+}
+int RunningJob::pidfd() const noexcept {
+    return state_->child->pidfd();
+}
+void RunningJob::kill() const noexcept {
+    state_->child->kill();
+}
 
 JobResult RunningJob::finish(bool timed_out) {
     if (state_->finished) throw Error(ErrorCode::internal, "worker job finished twice");

@@ -25,9 +25,9 @@ struct WorkerIdentity {
 };
 
 struct SpawnOptions {
-    std::filesystem::path worker;  // empty: default_worker_path()
-    std::string policy_json;       // self-contained policy text
-    std::string limits_json;       // optional loader limit overrides
+    std::filesystem::path worker;     // empty: default_worker_path()
+    std::string policy_json;          // self-contained policy text
+    std::string limits_json;          // optional loader limit overrides
     std::vector<std::string> select;  // tensor names or prefixes; empty: all
     std::chrono::milliseconds deadline{60'000};
     std::uint64_t memory_bytes = 0;           // RLIMIT_AS; 0: 2 × input + 1 GiB

@@ -89,7 +89,8 @@ loader::Selection parse_selection(const std::string& json_text) {
     if (!parsed.is_array()) throw Error(ErrorCode::invalid_request, "worker: bad --select-json");
     for (const auto& entry : parsed) {
         if (!entry.is_string())
-            throw Error(ErrorCode::invalid_request, "worker: --select-json entries must be strings");
+            throw Error(ErrorCode::invalid_request,
+                        "worker: --select-json entries must be strings");
         select.entries.push_back(entry.get<std::string>());
     }
     return select;

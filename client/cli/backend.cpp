@@ -52,8 +52,8 @@ ipc::UniqueFd open_input(const CommonOptions& common, const std::string& input) 
 void write_all(int fd, std::span<const std::byte> bytes) {
     std::uint64_t offset = 0;
     while (offset < bytes.size()) {
-        const ssize_t n = ::pwrite(fd, bytes.data() + offset, bytes.size() - offset,
-                                   static_cast<off_t>(offset));
+        const ssize_t n =
+            ::pwrite(fd, bytes.data() + offset, bytes.size() - offset, static_cast<off_t>(offset));
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) throw Error(ErrorCode::io_error, std::string("write: ") + std::strerror(errno));
         offset += static_cast<std::uint64_t>(n);

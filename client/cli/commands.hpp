@@ -8,11 +8,11 @@
 namespace picklejail::cli {
 
 struct CommonOptions {
-    std::string policy = "weights";  // name in the policy dir, or a .json path
-    std::string policy_dir;          // empty: sandbox::default_policy_dir()
-    std::string limits_file;         // optional JSON overrides of loader limits
-    unsigned deadline_seconds = 60;  // the worker is killed after this
-    std::uint64_t memory_bytes = 0;  // worker address-space cap; 0: 2 × input + 1 GiB
+    std::string policy = "weights";   // name in the policy dir, or a .json path
+    std::string policy_dir;           // empty: sandbox::default_policy_dir()
+    std::string limits_file;          // optional JSON overrides of loader limits
+    unsigned deadline_seconds = 60;   // the worker is killed after this
+    std::uint64_t memory_bytes = 0;   // worker address-space cap; 0: 2 × input + 1 GiB
     std::vector<std::string> select;  // tensor names or prefixes; empty: all
     int input_fd = -1;                // read the checkpoint from this inherited fd instead
     std::string socket;               // picklejaild socket; empty: $PICKLEJAIL_SOCKET or default

@@ -81,8 +81,8 @@ struct ShardContents {
 
 ShardContents read_shard(const fs::path& shard) {
     const auto fd = ipc::open_read_only(shard.string());
-    const auto image = ipc::map_read_only(fd.get(), ipc::regular_file_size(fd.get(), "shard"),
-                                          shard.string());
+    const auto image =
+        ipc::map_read_only(fd.get(), ipc::regular_file_size(fd.get(), "shard"), shard.string());
     const auto index = ipc::check_safetensors(image.bytes());
     ShardContents contents;
     for (const auto& t : index.tensors) contents.names.insert(t.name);

@@ -31,8 +31,9 @@ int main(int argc, char** argv) {
                             "/run/picklejail/picklejail.sock when present)");
         command->add_flag("--local", common.local,
                           "convert in a local sandboxed worker even when a daemon is running");
-        command->add_option("--input-fd", common.input_fd,
-                            "read the checkpoint from this inherited fd (input then only names it)");
+        command->add_option(
+            "--input-fd", common.input_fd,
+            "read the checkpoint from this inherited fd (input then only names it)");
     };
 
     ConvertOptions convert;

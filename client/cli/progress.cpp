@@ -9,12 +9,16 @@ namespace {
 
 constexpr int kBarWidth = 30;
 
-double gib(std::uint64_t bytes) { return static_cast<double>(bytes) / (1ULL << 30); }
+double gib(std::uint64_t bytes) {
+    return static_cast<double>(bytes) / (1ULL << 30);
+}
 
 }  // namespace
 
 ProgressBar::ProgressBar(std::uint64_t total_bytes, std::size_t total_items)
-    : enabled_(::isatty(STDERR_FILENO) == 1), total_bytes_(total_bytes), total_items_(total_items) {}
+    : enabled_(::isatty(STDERR_FILENO) == 1),
+      total_bytes_(total_bytes),
+      total_items_(total_items) {}
 
 ProgressBar::~ProgressBar() {
     if (enabled_) std::fputc('\n', stderr);

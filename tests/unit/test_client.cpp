@@ -134,8 +134,11 @@ TEST_CASE("the C++ client throws the protocol's error codes") {
     expect_code([&] { (void)client.load(kFixtures / "torch-2.11" / "argparse_namespace.pt"); },
                 ErrorCode::forbidden_global);
     expect_code([&] { (void)client.load("/nonexistent/model.pt"); }, ErrorCode::io_error);
-    expect_code([&] { (void)client.load(kFixtures / "torch-2.11" / "params.pt", {"no_such", {}}); },
-                ErrorCode::invalid_request);
+    expect_code(
+        [&] {
+            (void)client.load(kFixtures / "torch-2.11" / "params.pt", {"no_such", {}});
+        },
+        ErrorCode::invalid_request);
     // The connection survives errors.
     CHECK_FALSE(client.ping().empty());
     expect_code([] { Client nowhere("/nonexistent/picklejail.sock"); }, ErrorCode::io_error);

@@ -51,15 +51,26 @@ TEST_CASE("requests parse into ops with their fields") {
 }
 
 TEST_CASE("bad requests are invalid_request, never anything else") {
-    for (const char* line : {
-             "", "nul", "{", "[]", "3", R"({"op":1})", R"({"op":"fly"})", R"({"op":"load"})",
-             R"({"op":"load","path":"/a","fd":true})", R"({"op":"load","path":"rel"})",
-             R"({"op":"load","path":""})", R"({"op":"load","fd":"yes"})",
-             R"({"op":"load","path":"/a","policy":"../x"})", R"({"op":"load","path":"/a","policy":""})",
-             R"({"op":"load","path":"/a","transport":"pigeon"})",
-             R"({"op":"load","path":"/a","select":"a"})", R"({"op":"load","path":"/a","select":[1]})",
-             R"({"op":"load","path":"/a","select":[""]})", R"({"op":"release"})",
-             R"({"op":"load","path":"/a\u0000b"})"}) {
+    for (const char* line : {"",
+                             "nul",
+                             "{",
+                             "[]",
+                             "3",
+                             R"({"op":1})",
+                             R"({"op":"fly"})",
+                             R"({"op":"load"})",
+                             R"({"op":"load","path":"/a","fd":true})",
+                             R"({"op":"load","path":"rel"})",
+                             R"({"op":"load","path":""})",
+                             R"({"op":"load","fd":"yes"})",
+                             R"({"op":"load","path":"/a","policy":"../x"})",
+                             R"({"op":"load","path":"/a","policy":""})",
+                             R"({"op":"load","path":"/a","transport":"pigeon"})",
+                             R"({"op":"load","path":"/a","select":"a"})",
+                             R"({"op":"load","path":"/a","select":[1]})",
+                             R"({"op":"load","path":"/a","select":[""]})",
+                             R"({"op":"release"})",
+                             R"({"op":"load","path":"/a\u0000b"})"}) {
         INFO(line);
         const auto code = parse_error(line);
         // An empty policy string means "the default", so it parses.
@@ -73,8 +84,8 @@ TEST_CASE("bad requests are invalid_request, never anything else") {
 }
 
 TEST_CASE("error replies carry the code, message and named global") {
-    const auto reply = ipc::error_reply(
-        ErrorCode::forbidden_global, "at byte 3: global os.system is not allowed by policy", 7);
+    const auto reply = ipc::error_reply(ErrorCode::forbidden_global,
+                                        "at byte 3: global os.system is not allowed by policy", 7);
     CHECK(reply["ok"] == false);
     CHECK(reply["id"] == 7);
     CHECK(reply["error"]["code"] == "forbidden_global");

@@ -62,12 +62,18 @@ LoadedImage::LoadedImage(LoadedImage&&) noexcept = default;
 LoadedImage& LoadedImage::operator=(LoadedImage&&) noexcept = default;
 LoadedImage::~LoadedImage() = default;
 
-const std::vector<TensorView>& LoadedImage::tensors() const noexcept { return impl_->tensors; }
+const std::vector<TensorView>& LoadedImage::tensors() const noexcept {
+    return impl_->tensors;
+}
 const std::map<std::string, std::string>& LoadedImage::metadata() const noexcept {
     return impl_->metadata;
 }
-std::span<const std::byte> LoadedImage::bytes() const noexcept { return impl_->mapping.bytes(); }
-const nlohmann::json& LoadedImage::reply() const noexcept { return impl_->reply; }
+std::span<const std::byte> LoadedImage::bytes() const noexcept {
+    return impl_->mapping.bytes();
+}
+const nlohmann::json& LoadedImage::reply() const noexcept {
+    return impl_->reply;
+}
 
 const TensorView* LoadedImage::find(std::string_view name) const {
     for (int hop = 0; hop < 2; ++hop) {
@@ -98,9 +104,9 @@ LoadedImage map_image(ipc::UniqueFd fd, nlohmann::json reply) {
     const auto bytes = impl->mapping.bytes();
     auto index = ipc::check_safetensors(bytes);
     for (auto& entry : index.tensors) {
-        impl->tensors.push_back(TensorView{
-            std::move(entry.name), std::move(entry.dtype), std::move(entry.shape),
-            bytes.subspan(index.data_offset + entry.begin, entry.end - entry.begin)});
+        impl->tensors.push_back(
+            TensorView{std::move(entry.name), std::move(entry.dtype), std::move(entry.shape),
+                       bytes.subspan(index.data_offset + entry.begin, entry.end - entry.begin)});
     }
     impl->metadata = std::move(index.metadata);
     impl->reply = std::move(reply);
@@ -130,7 +136,8 @@ struct Client::Connection {
             std::array<std::byte, kReadChunk> buffer;
             auto chunk = ipc::receive_with_fds(socket.get(), buffer, 1);
             if (!chunk) continue;
-            if (chunk->closed) throw Error(ErrorCode::io_error, "picklejaild closed the connection");
+            if (chunk->closed)
+                throw Error(ErrorCode::io_error, "picklejaild closed the connection");
             framer.append(std::span(buffer.data(), chunk->size), std::move(chunk->fds));
         }
     }
@@ -197,6 +204,8 @@ nlohmann::json Client::inspect_fd(int fd, const LoadOptions& options) {
     return reply;
 }
 
-nlohmann::json Client::stats() { return connection_->call({{"op", "stats"}}).first["stats"]; }
+nlohmann::json Client::stats() {
+    return connection_->call({{"op", "stats"}}).first["stats"];
+}
 
 }  // namespace picklejail
