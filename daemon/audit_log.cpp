@@ -17,13 +17,13 @@ std::string utc_now() {
     ::gmtime_r(&seconds, &utc);
     char text[40];
     const std::size_t n = std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%S", &utc);
-    std::snprintf(text + n, sizeof text - n, ".%03dZ", static_cast<int>(millis));
+    (void)std::snprintf(text + n, sizeof text - n, ".%03dZ", static_cast<int>(millis));
     return text;
 }
 
 }  // namespace
 
-void AuditLog::record(nlohmann::json entry) const {
+void AuditLog::record(const nlohmann::json& entry) const {
     nlohmann::json line{{"time", utc_now()}};
     line.update(entry);
     const std::string text =
@@ -35,7 +35,7 @@ void AuditLog::record(nlohmann::json entry) const {
 
 void AuditLog::event(const char* name, nlohmann::json details) const {
     details["event"] = name;
-    record(std::move(details));
+    record(details);
 }
 
 }  // namespace picklejail::daemon

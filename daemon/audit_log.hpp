@@ -11,7 +11,7 @@ class AuditLog {
   public:
     explicit AuditLog(std::FILE* sink) : sink_(sink) {}
     // Adds "time" (UTC, RFC 3339 with milliseconds) and writes one line.
-    void record(nlohmann::json entry) const;
+    void record(const nlohmann::json& entry) const;
     // Daemon lifecycle events ("start", "reload", "drain", "stop").
     void event(const char* name, nlohmann::json details = nlohmann::json::object()) const;
 

@@ -20,6 +20,7 @@ struct FileIdentity {
     std::int64_t mtime_ns = 0;
     std::int64_t ctime_ns = 0;
     friend bool operator==(const FileIdentity&, const FileIdentity&) = default;
+    // NOLINTNEXTLINE(modernize-use-nullptr): clang-tidy 14 misreads defaulted <=>
     friend auto operator<=>(const FileIdentity&, const FileIdentity&) = default;
 };
 

@@ -83,15 +83,13 @@ Config build_config(const CLI::App& app, const Flags& f) {
     return picklejail::daemon::config_from_json(overrides.dump(), c);
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
     CLI::App app{"picklejaild: sandboxed loading of untrusted PyTorch checkpoints for local users"};
     Flags flags;
     add_flags(app, flags);
     CLI11_PARSE(app, argc, argv);
     // A client that hangs up mid-reply must not kill the daemon.
-    std::signal(SIGPIPE, SIG_IGN);
+    (void)std::signal(SIGPIPE, SIG_IGN);
     try {
         const Config config = build_config(app, flags);
         boost::asio::io_context io(1);
@@ -101,9 +99,23 @@ int main(int argc, char** argv) {
         server.start();
         io.run();
     } catch (const picklejail::Error& e) {
-        std::fprintf(stderr, "picklejaild: %s: %s\n", std::string(to_string(e.code())).c_str(),
-                     e.what());
+        (void)std::fprintf(stderr, "picklejaild: %s: %s\n",
+                           std::string(to_string(e.code())).c_str(), e.what());
+        return 1;
+    } catch (const std::exception& e) {
+        (void)std::fprintf(stderr, "picklejaild: internal: %s\n", e.what());
         return 1;
     }
     return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    try {
+        return run(argc, argv);
+    } catch (const std::exception& e) {  // run() reports expected errors itself
+        (void)std::fprintf(stderr, "picklejaild: internal: %s\n", e.what());
+        return 1;
+    }
 }

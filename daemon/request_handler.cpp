@@ -16,7 +16,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 // Everything a load or inspect carries from admission to its reply.
-struct LoadRequest {
+struct LoadRequest {  // NOLINT(bugprone-exception-escape): members never throw when empty
     ipc::Request request;
     ipc::PeerCredentials peer;
     std::string policy;
@@ -109,7 +109,7 @@ Reply image_reply(Services& s, const LoadRequest& load, JobOutcome& outcome) {
         }
     }
     s.stats.bytes_out += result.output_size;
-    reply.message = ipc::ok_reply(std::move(fields), load.request.id);
+    reply.message = ipc::ok_reply(fields, load.request.id);
     return reply;
 }
 
@@ -156,7 +156,7 @@ JobOutcome outcome_from_cache(const CachedImage& image) {
 // With the cache on: a hit answers at once; a conversion of the same thing
 // already running is joined; otherwise a new one starts and fills the cache.
 std::shared_ptr<PendingRequest> load_through_cache(
-    Services& s, const std::shared_ptr<LoadRequest>& load, CacheKey key,
+    Services& s, const std::shared_ptr<LoadRequest>& load, const CacheKey& key,
     const std::function<std::shared_ptr<Job>(Job::Done)>& submit) {
     Services* services = &s;
     if (const auto hit = s.cache->find(key)) {
@@ -223,7 +223,7 @@ std::shared_ptr<PendingRequest> start_load(Services& s, const ipc::PeerCredentia
     };
     if (s.cache) {
         CacheKey key{file, load->policy, s.policies.generation(), load->request.select};
-        return load_through_cache(s, load, std::move(key), submit);
+        return load_through_cache(s, load, key, submit);
     }
     return submit([services, load](JobOutcome outcome) {
         finish_load(*services, *load, std::move(outcome));
@@ -258,7 +258,7 @@ nlohmann::json stats_json(const Services& s) {
 
 std::shared_ptr<PendingRequest> handle_request(Services& services, const ipc::PeerCredentials& peer,
                                                ipc::Request request, std::vector<ipc::UniqueFd> fds,
-                                               ReplyHandler reply) {
+                                               const ReplyHandler& reply) {
     services.stats.count_request(ipc::to_string(request.op));
     const nlohmann::json id = request.id;
     switch (request.op) {

@@ -17,7 +17,7 @@
 namespace picklejail::daemon {
 
 struct Reply {
-    Reply() = default;
+    Reply() = default;  // NOLINT(bugprone-exception-escape): json default-constructs to null
     explicit Reply(nlohmann::json m) : message(std::move(m)) {}
     nlohmann::json message;
     ipc::UniqueFd fd;      // attached with SCM_RIGHTS (memfd transport)
@@ -34,6 +34,6 @@ using ReplyHandler = std::function<void(Reply)>;
                                                              const ipc::PeerCredentials& peer,
                                                              ipc::Request request,
                                                              std::vector<ipc::UniqueFd> fds,
-                                                             ReplyHandler reply);
+                                                             const ReplyHandler& reply);
 
 }  // namespace picklejail::daemon

@@ -20,7 +20,7 @@ PoolLimits pool_limits(const Config& config) {
 
 }  // namespace
 
-Server::Server(boost::asio::io_context& io, Config config, ListenSocket listen)
+Server::Server(boost::asio::io_context& io, const Config& config, ListenSocket listen)
     : io_(io),
       listen_(std::move(listen)),
       services_{config,

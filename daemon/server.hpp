@@ -17,7 +17,7 @@ namespace picklejail::daemon {
 
 class Server {
   public:
-    Server(boost::asio::io_context& io, Config config, ListenSocket listen);
+    Server(boost::asio::io_context& io, const Config& config, ListenSocket listen);
     Server(const Server&) = delete;
     Server& operator=(const Server&) = delete;
     ~Server();

@@ -11,7 +11,7 @@ namespace {
 
 // Unanswered bytes a client may send ahead: one full line plus change.
 constexpr std::size_t kMaxBuffered = 2 * ipc::kMaxLineBytes;
-constexpr std::size_t kReadChunk = 16 * 1024;
+constexpr std::size_t kReadChunk = std::size_t{16} * 1024;
 constexpr std::size_t kMaxFdsPerRead = 4;
 
 }  // namespace

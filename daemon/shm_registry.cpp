@@ -18,7 +18,7 @@ std::string fresh_name(uid_t uid) {
     std::string name = "picklejail-" + std::to_string(uid) + "-";
     for (const unsigned char byte : random) {
         char hex[3];
-        std::snprintf(hex, sizeof hex, "%02x", byte);
+        (void)std::snprintf(hex, sizeof hex, "%02x", byte);
         name += hex;
     }
     return name;

@@ -1,6 +1,6 @@
 #include "ipc/image_summary.hpp"
 
-#include <cstdlib>
+#include <charconv>
 #include <string_view>
 
 namespace picklejail::ipc {
@@ -16,7 +16,10 @@ std::string metadata_value(const SafetensorsIndex& index, std::string_view key) 
 nlohmann::ordered_json image_summary(const SafetensorsIndex& index, const std::string& policy) {
     nlohmann::ordered_json out;
     out["format"] = metadata_value(index, "picklejail.source_format");
-    out["pickle_protocol"] = std::atoi(metadata_value(index, "picklejail.pickle_protocol").c_str());
+    int protocol = 0;
+    const auto text = metadata_value(index, "picklejail.pickle_protocol");
+    (void)std::from_chars(text.data(), text.data() + text.size(), protocol);
+    out["pickle_protocol"] = protocol;
     out["policy"] = policy;
     out["globals"] =
         nlohmann::ordered_json::parse(metadata_value(index, "picklejail.globals"), nullptr, false);

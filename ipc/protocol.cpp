@@ -145,7 +145,7 @@ nlohmann::json error_reply(ErrorCode code, std::string_view message, const nlohm
     return reply;
 }
 
-nlohmann::json ok_reply(nlohmann::json fields, const nlohmann::json& id) {
+nlohmann::json ok_reply(const nlohmann::json& fields, const nlohmann::json& id) {
     nlohmann::json reply{{"ok", true}};
     if (fields.is_object()) reply.update(fields);
     if (!id.is_null()) reply["id"] = id;

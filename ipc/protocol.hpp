@@ -22,7 +22,7 @@ enum class Transport { memfd, shm, inline_bytes };
 [[nodiscard]] std::string_view to_string(Op op) noexcept;
 [[nodiscard]] std::string_view to_string(Transport transport) noexcept;
 
-struct Request {
+struct Request {  // NOLINT(bugprone-exception-escape): members never throw when empty
     Op op = Op::ping;
     nlohmann::json id;                // echoed back; null when absent
     std::optional<std::string> path;  // load/inspect: an absolute path
@@ -41,7 +41,8 @@ struct Request {
 [[nodiscard]] nlohmann::json error_reply(ErrorCode code, std::string_view message,
                                          const nlohmann::json& id = nullptr);
 // {"ok":true, ...fields}, plus the id when set.
-[[nodiscard]] nlohmann::json ok_reply(nlohmann::json fields, const nlohmann::json& id = nullptr);
+[[nodiscard]] nlohmann::json ok_reply(const nlohmann::json& fields,
+                                      const nlohmann::json& id = nullptr);
 
 // The global a loader message names ("global os.system is not allowed…"),
 // or empty.

@@ -13,6 +13,7 @@
 
 #include <cerrno>
 #include <csignal>
+#include <cstdlib>
 #include <cstring>
 
 #include "common/error.hpp"
@@ -32,6 +33,20 @@ void set_limit(int resource, std::uint64_t value, const char* name) {
     if (::setrlimit(resource, &limit) != 0) refuse(name);
 }
 
+#ifdef PICKLEJAIL_SANITIZE
+// Bytes of address space mapped now (VmSize), read before any confinement
+// step closes /proc to us.
+std::uint64_t mapped_bytes() {
+    const int fd = ::open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) refuse("open /proc/self/statm");
+    char text[128] = {};
+    const ssize_t n = ::read(fd, text, sizeof text - 1);
+    ::close(fd);
+    if (n <= 0) refuse("read /proc/self/statm");
+    return std::strtoull(text, nullptr, 10) * static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+}
+#endif
+
 }  // namespace
 
 void bind_to_parent(pid_t expected_parent) {
@@ -47,7 +62,13 @@ void close_extra_fds() {
 
 void apply_rlimits(const ConfineOptions& options) {
     set_limit(RLIMIT_CORE, 0, "RLIMIT_CORE");
+#ifndef PICKLEJAIL_SANITIZE
     set_limit(RLIMIT_NOFILE, kFirstUnusedFd, "RLIMIT_NOFILE");
+#else
+    // Room for the pipe UBSan's vptr check opens to probe a vtable (see
+    // seccomp_policy.cpp); the fds it uses are closed again at once.
+    set_limit(RLIMIT_NOFILE, kFirstUnusedFd + 2, "RLIMIT_NOFILE");
+#endif
     set_limit(RLIMIT_NPROC, 0, "RLIMIT_NPROC");
     set_limit(RLIMIT_MEMLOCK, 0, "RLIMIT_MEMLOCK");
     if (options.output_bytes != 0) set_limit(RLIMIT_FSIZE, options.output_bytes, "RLIMIT_FSIZE");
@@ -57,9 +78,17 @@ void apply_rlimits(const ConfineOptions& options) {
                          static_cast<rlim_t>(options.cpu_seconds + 1)};
         if (::setrlimit(RLIMIT_CPU, &cpu) != 0) refuse("RLIMIT_CPU");
     }
-#ifndef PICKLEJAIL_SANITIZE  // ASan reserves terabytes of shadow memory
+#ifndef PICKLEJAIL_SANITIZE
     if (options.address_space_bytes != 0)
         set_limit(RLIMIT_AS, options.address_space_bytes, "RLIMIT_AS");
+#else
+    // ASan reserved terabytes of shadow and allocator space at startup, all of
+    // which RLIMIT_AS counts: cap what the job may map on top of that instead.
+    // (Small blocks come from ASan's pre-reserved allocator space and escape
+    // this cap; large ones, like every big buffer of a conversion, do not.)
+    if (options.address_space_bytes != 0) {
+        set_limit(RLIMIT_AS, mapped_bytes() + options.address_space_bytes, "RLIMIT_AS");
+    }
 #endif
 }
 

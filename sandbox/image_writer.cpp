@@ -18,7 +18,7 @@ namespace {
 // The kernel moves at most this much per sendfile call.
 constexpr std::uint64_t kMaxSendfile = 0x7ffff000;
 // Below this a memcpy through the mapping beats two syscalls per tensor.
-constexpr std::uint64_t kMinSendfile = 256 * 1024;
+constexpr std::uint64_t kMinSendfile = std::uint64_t{256} * 1024;
 
 [[noreturn]] void io_fail(const char* what) {
     throw Error(ErrorCode::io_error, std::string(what) + ": " + std::strerror(errno));

@@ -11,7 +11,9 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 
 namespace picklejail::sandbox {
 namespace {
@@ -82,7 +84,10 @@ std::string_view attempt_forbidden_act(std::string_view act) {
     }
     if (act == "exhaust_memory") {
         for (;;) {
-            auto* block = new char[64 << 20];
+            // malloc, not new: under ASan (sanitizer builds) a refused new prints
+            // an out-of-memory report and dies instead of throwing std::bad_alloc.
+            auto* block = static_cast<char*>(std::malloc(64 << 20));
+            if (block == nullptr) throw std::bad_alloc();
             std::memset(block, 1, 64 << 20);
         }
     }

@@ -2,6 +2,7 @@
 // checkpoint, fd 4 the output, fd 5 the result pipe. It confines itself
 // completely before it reads a single byte of the checkpoint, converts it,
 // writes the safetensors image to fd 4 and one result record to fd 5.
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #ifdef PICKLEJAIL_WITH_MIMALLOC
@@ -151,6 +152,18 @@ void silence_allocator() {
 
 }  // namespace
 
+#ifdef PICKLEJAIL_SANITIZE
+// With ASan the worker's memory cap is an RLIMIT_AS above ASan's own
+// reservations (confine.cpp). Have malloc return null when the cap refuses it
+// (the caller then fails cleanly, e.g. with std::bad_alloc) instead of ASan
+// printing an out-of-memory report, which the seccomp filter stops at its
+// write(2). ASan's operator new still reports and dies: a sanitizer build
+// shows such a job as sandbox_violation (write) rather than resource_exceeded.
+extern "C" const char* __asan_default_options() {
+    return "allocator_may_return_null=1";
+}
+#endif
+
 int main(int argc, char** argv) {
     int status = 1;
     try {
@@ -174,5 +187,10 @@ int main(int argc, char** argv) {
         send_result(ipc::make_result(ErrorCode::internal, e.what()));
     }
     // _exit: no atexit handlers or stdio flushing, which would make syscalls.
+#ifdef PICKLEJAIL_SANITIZE
+    // ASan intercepts _exit and tears its thread state down with sigaltstack,
+    // which the filter refuses; leave through the raw system call instead.
+    ::syscall(SYS_exit_group, status);
+#endif
     ::_exit(status);
 }

@@ -124,8 +124,10 @@ void convert_sharded(const CommonOptions& common, const ConvertOptions& options,
     nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
     for (const auto& [tensor, shard] : sharded.weight_map) {
         if (!contents[shard].names.contains(tensor)) {
-            throw Error(ErrorCode::malformed, "the index puts \"" + tensor + "\" in " + shard +
-                                                  ", which does not hold it");
+            std::string message = "the index puts \"";
+            message += tensor;
+            message += "\" in " + shard + ", which does not hold it";
+            throw Error(ErrorCode::malformed, message);
         }
         weight_map[tensor] = new_names[shard];
     }

@@ -1,10 +1,13 @@
 // picklejail: convert or inspect untrusted PyTorch checkpoints without
 // running any of the code a pickle can carry.
 #include <CLI/CLI.hpp>
+#include <cstdio>
 
 #include "client/cli/commands.hpp"
 
-int main(int argc, char** argv) {
+namespace {
+
+int run(int argc, char** argv) {
     using namespace picklejail::cli;
     CLI::App app{
         "picklejail: load untrusted PyTorch checkpoints as safetensors, never running pickle code"};
@@ -66,4 +69,15 @@ int main(int argc, char** argv) {
     if (convert_cmd->parsed()) return run_convert(common, convert);
     if (inspect_cmd->parsed()) return run_inspect(common, inspect);
     return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    try {
+        return run(argc, argv);
+    } catch (const std::exception& e) {  // commands report their own errors; this is a bug
+        (void)std::fprintf(stderr, "picklejail: internal: %s\n", e.what());
+        return 1;
+    }
 }

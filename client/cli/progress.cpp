@@ -21,7 +21,7 @@ ProgressBar::ProgressBar(std::uint64_t total_bytes, std::size_t total_items)
       total_items_(total_items) {}
 
 ProgressBar::~ProgressBar() {
-    if (enabled_) std::fputc('\n', stderr);
+    if (enabled_) (void)std::fputc('\n', stderr);
 }
 
 void ProgressBar::start_item(const std::string& label) {
@@ -44,9 +44,9 @@ void ProgressBar::draw() const {
     char bar[kBarWidth + 1];
     for (int i = 0; i < kBarWidth; ++i) bar[i] = i < filled ? '#' : '.';
     bar[kBarWidth] = '\0';
-    std::fprintf(stderr, "\r\033[K[%s] %zu/%zu  %.2f/%.2f GiB  %s", bar, done_items_, total_items_,
-                 gib(done_bytes_), gib(total_bytes_), label_.c_str());
-    std::fflush(stderr);
+    (void)std::fprintf(stderr, "\r\033[K[%s] %zu/%zu  %.2f/%.2f GiB  %s", bar, done_items_,
+                       total_items_, gib(done_bytes_), gib(total_bytes_), label_.c_str());
+    (void)std::fflush(stderr);
 }
 
 }  // namespace picklejail::cli

@@ -16,12 +16,12 @@ template <typename Body>
         body();
         return 0;
     } catch (const Error& e) {
-        std::fprintf(stderr, "picklejail: %s: %s\n", std::string(to_string(e.code())).c_str(),
-                     e.what());
+        (void)std::fprintf(stderr, "picklejail: %s: %s\n", std::string(to_string(e.code())).c_str(),
+                           e.what());
     } catch (const std::bad_alloc&) {
-        std::fprintf(stderr, "picklejail: resource_exceeded: out of memory\n");
+        (void)std::fprintf(stderr, "picklejail: resource_exceeded: out of memory\n");
     } catch (const std::exception& e) {
-        std::fprintf(stderr, "picklejail: internal: %s\n", e.what());
+        (void)std::fprintf(stderr, "picklejail: internal: %s\n", e.what());
     }
     return 1;
 }

@@ -12,7 +12,7 @@
 
 namespace picklejail::cli {
 
-struct ShardedCheckpoint {
+struct ShardedCheckpoint {  // NOLINT(bugprone-exception-escape): empty members never throw
     std::filesystem::path index_path;
     nlohmann::json metadata;                        // the index's "metadata", kept
     std::map<std::string, std::string> weight_map;  // tensor → shard file name

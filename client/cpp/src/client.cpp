@@ -20,7 +20,7 @@
 namespace picklejail {
 namespace {
 
-constexpr std::size_t kReadChunk = 64 * 1024;
+constexpr std::size_t kReadChunk = std::size_t{64} * 1024;
 
 [[noreturn]] void io_fail(const std::string& what) {
     throw Error(ErrorCode::io_error, what + ": " + std::strerror(errno));
@@ -50,7 +50,7 @@ nlohmann::json load_request(const char* op, const LoadOptions& options) {
 
 // ---------------------------------------------------------------- LoadedImage
 
-struct LoadedImage::Impl {
+struct LoadedImage::Impl {  // NOLINT(bugprone-exception-escape): empty members never throw
     ipc::Mapping mapping;
     std::vector<TensorView> tensors;
     std::map<std::string, std::string> metadata;
