@@ -106,12 +106,18 @@ class TorchBuilder:
             base = torch.frombuffer(image.buffer, dtype=torch.uint8, count=image.data_size,
                                     offset=image.data_offset)
         out = {}
+        typed = {}  # one view of the whole data section per dtype: one as_strided per tensor
         for name, entry in image.tensors.items():
             dtype = dtypes[name]
+            size = entry.dtype.size
             if entry.numel == 0:
                 tensor = torch.empty(entry.shape, dtype=dtype)  # no bytes to share
-            elif entry.begin % entry.dtype.size == 0:
-                tensor = base[entry.begin:entry.end].view(dtype).reshape(entry.shape)
+            elif entry.begin % size == 0:
+                whole = typed.get(dtype)
+                if whole is None:
+                    whole = typed[dtype] = base[:image.data_size - image.data_size % size].view(dtype)
+                tensor = whole.as_strided(entry.shape, _contiguous_strides(entry.shape),
+                                          entry.begin // size)
             else:
                 # view(dtype) needs the offset to be a multiple of the element size;
                 # picklejail aligns every dtype except complex128 (sorted as F64).
@@ -150,6 +156,14 @@ class TorchBuilder:
         if not all(isinstance(d, int) and not isinstance(d, bool) for d in items):
             raise Malformed("malformed", f"torch.Size of non-integers {items!r}")
         return self._torch.Size(items)
+
+
+def _contiguous_strides(shape):
+    strides, step = [], 1
+    for d in reversed(shape):
+        strides.append(step)
+        step *= max(d, 1)
+    return tuple(reversed(strides))
 
 
 class Placement:

@@ -83,11 +83,13 @@ def recursion_room(depth=RECURSION_ROOM):
 
 
 def _unique_keys(pairs):
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            _fail(f"duplicate JSON key {key!r}")
-        out[key] = value
+    out = dict(pairs)  # built in C; a shorter dict means a repeated key
+    if len(out) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                _fail(f"duplicate JSON key {key!r}")
+            seen.add(key)
     return out
 
 
@@ -95,11 +97,19 @@ def _reject_constant(name):
     _fail(f"JSON holds {name}, which is not JSON")
 
 
-def strict_json(text, what):
-    """Parse JSON refusing duplicate keys and NaN/Infinity literals."""
+def strict_json(text, what, *, unique_keys=True):
+    """Parse JSON refusing NaN/Infinity literals and, unless told otherwise, duplicate keys.
+
+    The header and the object description are parsed without the per-object hook,
+    which costs a Python call per object (most of the time for files with many
+    tensors): a repeated tensor name in the header leaves a hole in the data
+    section, which _check_coverage refuses, and a repeated key inside a description
+    node can only point at tensors that are checked like any other.
+    """
+    hook = _unique_keys if unique_keys else None
     try:
         with recursion_room():
-            return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+            return json.loads(text, object_pairs_hook=hook, parse_constant=_reject_constant)
     except ValueError as error:  # JSONDecodeError, bad surrogates, ...
         _fail(f"{what} is not valid JSON: {error}")
 
@@ -129,32 +139,42 @@ def _read_header(buffer, size):
         text = bytes(buffer[8:8 + length]).decode("utf-8")
     except UnicodeDecodeError as error:
         _fail(f"header is not UTF-8: {error}")
-    header = strict_json(text, "the header")
+    header = strict_json(text, "the header", unique_keys=False)
     if not isinstance(header, dict):
         _fail("header is not a JSON object")
     return header, 8 + length
 
 
+_ENTRY_KEYS = frozenset(("dtype", "shape", "data_offsets"))
+
+
 def _tensor_entry(name, info, data_size):
-    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+    # Hot for files with many tensors: exact type checks (bool is not an int here).
+    if type(info) is not dict or info.keys() != _ENTRY_KEYS:
         _fail(f"tensor {name!r}: entry must have exactly dtype, shape and data_offsets")
-    dtype = DTYPES.get(info["dtype"]) if isinstance(info["dtype"], str) else None
+    dtype = info["dtype"]
+    dtype = DTYPES.get(dtype) if type(dtype) is str else None
     if dtype is None:
         _fail(f"tensor {name!r}: unknown dtype {info['dtype']!r}")
     shape = info["shape"]
-    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+    if type(shape) is not list:
         _fail(f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
+    numel = 1
+    for d in shape:
+        if type(d) is not int or d < 0:
+            _fail(f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
+        numel *= d
     offsets = info["data_offsets"]
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_int, offsets))):
+    if type(offsets) is not list or len(offsets) != 2 or type(offsets[0]) is not int or \
+            type(offsets[1]) is not int:
         _fail(f"tensor {name!r}: data_offsets {offsets!r} is not two integers")
     begin, end = offsets
     if not 0 <= begin <= end <= data_size:
         _fail(f"tensor {name!r}: data_offsets {begin}..{end} outside the data section "
               f"({data_size} bytes)")
-    entry = TensorEntry(name, dtype, tuple(shape), begin, end)
-    if end - begin != entry.numel * dtype.size:
+    if end - begin != numel * dtype.size:
         _fail(f"tensor {name!r}: {end - begin} bytes for {dtype.name}{list(shape)}")
-    return entry
+    return TensorEntry(name, dtype, tuple(shape), begin, end)
 
 
 def _check_coverage(tensors, data_size):
@@ -223,22 +243,26 @@ def _index_description(description, tensors, aliases, select):
             stack.extend(node)
         elif isinstance(node, dict) and "tensor" in node:
             name, ident, dtype = node.get("tensor"), node.get("id"), node.get("dtype")
-            if not isinstance(name, str) or not _is_int(ident) or ident < 0 or \
+            # Hot for files with many tensors: exact type checks, few lookups.
+            if type(name) is not str or type(ident) is not int or ident < 0 or \
                     dtype not in STORED_AS:
                 _fail(f"bad tensor node {json.dumps(node)[:200]}")
-            for flag in ("parameter", "requires_grad"):
-                if not isinstance(node.get(flag, False), bool):
-                    _fail(f"tensor {name!r}: {flag} is not a boolean")
-            if not isinstance(node.get("device", ""), str):
-                _fail(f"tensor {name!r}: device is not a string")
+            if len(node) > 3:
+                for flag in ("parameter", "requires_grad"):
+                    if type(node.get(flag, False)) is not bool:
+                        _fail(f"tensor {name!r}: {flag} is not a boolean")
+                if type(node.get("device", "")) is not str:
+                    _fail(f"tensor {name!r}: device is not a string")
             stored = name if name in tensors else aliases.get(name)
             if stored is None:
                 unresolved.append(node)
                 continue
-            check_dtype(node, stored)
+            if tensors[stored].dtype.torch_name != dtype:
+                check_dtype(node, stored)
             if tensor_ids.setdefault(ident, stored) != stored:
                 _fail(f"tensor id {ident} denotes both {tensor_ids[ident]!r} and {stored!r}")
-            devices.setdefault(stored, node.get("device", "cpu"))
+            if stored not in devices:
+                devices[stored] = node.get("device", "cpu")
         elif isinstance(node, dict):
             stack.extend(node.values())
 
@@ -267,7 +291,7 @@ def parse_image(buffer, size, *, select=None):
     _apply_complex128(metadata, tensors)
     if META_OBJECT not in metadata:
         _fail(f"__metadata__ has no {META_OBJECT} description")
-    description = strict_json(metadata[META_OBJECT], META_OBJECT)
+    description = strict_json(metadata[META_OBJECT], META_OBJECT, unique_keys=False)
     tensor_ids, devices = _index_description(description, tensors, aliases, select)
     return Image(buffer=buffer, data_offset=data_offset, data_size=data_size, tensors=tensors,
                  aliases=aliases, metadata=metadata, description=description,
