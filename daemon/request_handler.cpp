@@ -58,8 +58,14 @@ std::string worker_limits_json(const Config& config) {
     auto limits = config.loader_limits_json.empty()
                       ? nlohmann::json::object()
                       : nlohmann::json::parse(config.loader_limits_json);
-    limits["max_output_bytes"] = config.max_output_bytes;
-    limits["max_input_bytes"] = config.max_input_bytes;
+    // The daemon's caps bound the loader's; an operator may set tighter ones.
+    const auto tighter = [&limits](const char* key, std::uint64_t cap) {
+        const auto it = limits.find(key);
+        if (it == limits.end() || !it->is_number_unsigned() || it->get<std::uint64_t>() > cap)
+            limits[key] = cap;
+    };
+    tighter("max_output_bytes", config.max_output_bytes);
+    tighter("max_input_bytes", config.max_input_bytes);
     return limits.dump();
 }
 

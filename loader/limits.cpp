@@ -32,8 +32,10 @@ Limits limits_from_json(std::string_view json_text, Limits base) {
     if (doc.is_discarded() || !doc.is_object())
         throw Error(ErrorCode::invalid_request, "limits: not a JSON object");
     for (const auto& [name, value] : doc.items()) {
+        // A named copy: clang before 16 cannot capture a structured binding.
+        const std::string& key = name;
         const auto it = std::find_if(fields.begin(), fields.end(),
-                                     [&](const auto& f) { return f.first == name; });
+                                     [&key](const auto& f) { return f.first == key; });
         if (it == fields.end())
             throw Error(ErrorCode::invalid_request, "limits: unknown limit \"" + name + "\"");
         if (!value.is_number_unsigned())

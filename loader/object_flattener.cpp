@@ -1,5 +1,6 @@
 #include "loader/object_flattener.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <set>
@@ -75,7 +76,23 @@ class Flattener {
         const TensorValue* view;
     };
 
+    // Every byte of the description and of each tensor name ends up in the
+    // safetensors header, which max_header_bytes caps. Charge them while they
+    // are built (never more than the final header will hold), so a small file
+    // whose memo references multiply long keys into long or countless names
+    // stops with too_large here instead of exhausting memory first.
+    void spend(std::uint64_t bytes) {
+        header_bytes_ += std::min<std::uint64_t>(bytes, limits_.max_header_bytes + 1);
+        if (header_bytes_ > limits_.max_header_bytes) {
+            throw Error(ErrorCode::too_large,
+                        "the object's description and tensor names need more than " +
+                            std::to_string(limits_.max_header_bytes) +
+                            " bytes of safetensors header (limit max_header_bytes)");
+        }
+    }
+
     Json walk(const ValuePtr& value, std::size_t depth) {
+        spend(1);
         if (++visited_ > limits_.max_objects) {
             throw Error(ErrorCode::too_large,
                         "object graph expands to more than " + std::to_string(limits_.max_objects) +
@@ -100,13 +117,21 @@ class Flattener {
         if (value.is<NoneValue>()) return nullptr;
         if (const auto* b = value.as<BoolValue>()) return b->value;
         if (const auto* i = value.as<IntValue>()) return i->value;
-        if (const auto* big = value.as<BigIntValue>()) return Json{{"int", big_int_hex(*big)}};
+        if (const auto* big = value.as<BigIntValue>()) {
+            spend(2 * big->le_bytes.size());
+            return Json{{"int", big_int_hex(*big)}};
+        }
         if (const auto* f = value.as<FloatValue>()) return float_json(f->value);
         if (const auto* c = value.as<ComplexValue>())
             return Json{{"complex", {float_json(c->real), float_json(c->imag)}}};
-        if (const auto* s = value.as<StringValue>()) return s->utf8;
-        if (const auto* b = value.as<BytesValue>())
+        if (const auto* s = value.as<StringValue>()) {
+            spend(s->utf8.size());
+            return s->utf8;
+        }
+        if (const auto* b = value.as<BytesValue>()) {
+            spend((b->bytes.size() + 2) / 3 * 4);
             return Json{{b->bytearray ? "bytearray" : "bytes", base64(b->bytes)}};
+        }
         if (const auto* l = value.as<ListValue>()) return sequence(l->items, depth);
         if (const auto* t = value.as<TupleValue>())
             return Json{{t->torch_size ? "size" : "tuple", sequence(t->items, depth)}};
@@ -116,7 +141,10 @@ class Flattener {
         if (const auto* t = value.as<TensorValue>()) return tensor(*t);
         if (const auto* d = value.as<DTypeValue>())
             return Json{{"dtype", info(d->dtype).torch_name}};
-        if (const auto* d = value.as<DeviceValue>()) return Json{{"device", d->spec}};
+        if (const auto* d = value.as<DeviceValue>()) {
+            spend(d->spec.size());
+            return Json{{"device", d->spec}};
+        }
         if (const auto* r = value.as<RecordValue>()) return record(*r, depth);
         if (const auto* g = value.as<GlobalValue>()) return Json{{"global", g->name}};
         throw Error(ErrorCode::unsupported, "a bare " + describe(value) + " at " + path_string() +
@@ -188,6 +216,7 @@ class Flattener {
     }
 
     Json tensor(const TensorValue& t) {
+        spend(48);  // "tensor", "id", "dtype" and the header entry's own fields
         const std::string name = tensor_name();
         occurrences_.push_back({name, &t});
         Json out{{"tensor", name}, {"id", t.id}, {"dtype", info(t.dtype).torch_name}};
@@ -198,24 +227,41 @@ class Flattener {
         return out;
     }
 
-    std::string tensor_name() const {
+    std::string tensor_name() {
         if (path_.empty()) return "tensor";  // torch.save(tensor): the object is one tensor
-        std::string name;
+        std::uint64_t length = 0;
         for (const auto& part : path_) {
             if (!part) {
                 throw Error(ErrorCode::unsupported,
                             "a tensor sits under a key or attribute that cannot name it (" +
                                 path_string() + ")");
             }
+            length += part->size() + 1;
+        }
+        // The name goes into the description and into the header (key or alias),
+        // and memo-shared keys can make it far longer than the file: charge first.
+        spend(2 * length);
+        std::string name;
+        name.reserve(length);
+        for (const auto& part : path_) {
             if (!name.empty()) name.push_back('.');
             name += *part;
         }
         return name;
     }
 
+    // For messages: the path to the current node, cut short when long.
     std::string path_string() const {
+        constexpr std::size_t kMaxShown = 512;
         std::string out = "<root>";
-        for (const auto& part : path_) out += "." + part.value_or("?");
+        for (const auto& part : path_) {
+            out += "." + part.value_or("?").substr(0, kMaxShown);
+            if (out.size() > kMaxShown) {
+                out.resize(kMaxShown);
+                out += "...";
+                break;
+            }
+        }
         return out;
     }
 
@@ -248,6 +294,7 @@ class Flattener {
     const Limits& limits_;
     const StorageTable& storages_;
     std::uint64_t visited_ = 0;
+    std::uint64_t header_bytes_ = 0;
     std::vector<std::optional<std::string>> path_;
     std::unordered_set<const Value*> on_path_;
     std::vector<Occurrence> occurrences_;

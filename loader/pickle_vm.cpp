@@ -90,6 +90,31 @@ std::string hex_byte(std::uint8_t byte) {
     return std::string("0x") + kDigits[byte >> 4] + kDigits[byte & 0xF];
 }
 
+// A global's name as a message may show it: the bytes come straight from the
+// file, so anything but printable ASCII is written as \xNN (no raw control
+// characters, NULs or invalid UTF-8 reach a log or a JSON reply) and at most
+// kMaxShownName bytes are shown, so the policy and offset stay in the message.
+constexpr std::size_t kMaxShownName = 256;
+std::string printable_name(std::string_view name) {
+    constexpr char kDigits[] = "0123456789abcdef";
+    std::string out;
+    for (const char ch : name) {
+        if (out.size() >= kMaxShownName) {
+            out += "...";
+            break;
+        }
+        const auto c = static_cast<unsigned char>(ch);
+        if (c >= 0x20 && c < 0x7f && c != '\\') {
+            out.push_back(ch);
+        } else {
+            out += "\\x";
+            out.push_back(kDigits[c >> 4]);
+            out.push_back(kDigits[c & 0xF]);
+        }
+    }
+    return out;
+}
+
 }  // namespace
 
 bool is_valid_utf8(std::string_view text) noexcept {
@@ -684,8 +709,9 @@ void PickleVm::op_global(std::string_view module, std::string_view name) {
     }
     const auto handler = ctx_.policy.resolve(module, name);
     if (!handler) {
-        fail(ErrorCode::forbidden_global,
-             "global " + full + " is not allowed by policy \"" + ctx_.policy.name() + "\"");
+        fail(ErrorCode::forbidden_global, "global " + printable_name(full) +
+                                              " is not allowed by policy \"" + ctx_.policy.name() +
+                                              "\"");
     }
     if (*handler == Handler::dtype) {
         // torch.float32 and friends are values (the v3 dtype argument), not callables.

@@ -2,6 +2,7 @@
 
 #include <minizip/unzip.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "common/error.hpp"
@@ -73,6 +74,39 @@ bool unsafe_name(std::string_view name) {
     return false;
 }
 
+// General-purpose flag bits. Encryption of any kind is refused as such; of the
+// rest only what torch and ordinary zip writers set is accepted: bits 1-2
+// (deflate options), bit 3 (sizes in a data descriptor) and bit 11 (UTF-8
+// names). miniz and Python's zipfile refuse patched data (bit 5) and strong
+// encryption (bit 6); minizip would read them, so a file torch refuses would
+// otherwise convert here.
+constexpr std::uint32_t kEncryptionFlags = 0x0001 | 0x0040 | 0x2000;
+constexpr std::uint32_t kAllowedFlags = 0x0002 | 0x0004 | 0x0008 | 0x0800;
+constexpr std::uint32_t kLocalHeaderSize = 30;
+
+std::string hex16(std::uint32_t value) {
+    constexpr char kDigits[] = "0123456789abcdef";
+    std::string out = "0x";
+    for (int shift = 12; shift >= 0; shift -= 4) out.push_back(kDigits[(value >> shift) & 0xF]);
+    return out;
+}
+
+void check_flags(const std::string& name, std::uint32_t flags, const char* where) {
+    if ((flags & kEncryptionFlags) != 0) {
+        throw Error(ErrorCode::unsupported, "zip entry \"" + name + "\" is encrypted (" + where +
+                                                " flags " + hex16(flags) + ")");
+    }
+    if ((flags & ~kAllowedFlags) != 0) {
+        throw Error(ErrorCode::unsupported, "zip entry \"" + name + "\" uses " + where + " flags " +
+                                                hex16(flags) + " (patched data or reserved bits)");
+    }
+}
+
+std::uint32_t le16(std::span<const std::byte> bytes, std::uint64_t at) {
+    return std::to_integer<std::uint32_t>(bytes[at]) |
+           (std::to_integer<std::uint32_t>(bytes[at + 1]) << 8);
+}
+
 // A deflated entry may not claim more than max_inflate_ratio × its compressed
 // size. Checked when the directory is read, before any buffer of the claimed
 // size is allocated, and again when inflating.
@@ -84,6 +118,24 @@ void check_inflate_ratio(const ZipEntry& entry, const Limits& limits) {
         throw Error(ErrorCode::too_large, "zip entry \"" + entry.name + "\" inflates more than " +
                                               std::to_string(limits.max_inflate_ratio) +
                                               "× (limit max_inflate_ratio): a zip bomb?");
+    }
+}
+
+void check_end_record(void* handle, std::span<const std::byte> bytes) {
+    // minizip finds the end-of-directory record by scanning backwards and
+    // tolerates bytes after it; a checkpoint ends with that record and its
+    // comment, so appended data (a second archive, a hidden pickle) or a cut
+    // record is refused rather than silently ignored.
+    unz_global_info64 global{};
+    if (unzGetGlobalInfo64(static_cast<unzFile>(handle), &global) != UNZ_OK)
+        bad_zip("unreadable end-of-directory record");
+    static constexpr unsigned char kEnd[4] = {'P', 'K', 5, 6};
+    const std::uint64_t tail = 22 + std::uint64_t{global.size_comment};
+    if (bytes.size() < tail || std::memcmp(bytes.data() + (bytes.size() - tail), kEnd, 4) != 0 ||
+        le16(bytes, bytes.size() - tail + 20) != global.size_comment) {
+        bad_zip(
+            "the end-of-directory record is not at the end of the file "
+            "(appended or truncated data)");
     }
 }
 
@@ -108,7 +160,15 @@ ZipArchive::ZipArchive(std::span<const std::byte> bytes, const Limits& limits)
     funcs.opaque = stream_.get();
     handle_ = unzOpen2_64("memory", &funcs);
     if (handle_ == nullptr) bad_zip("no readable central directory");
-    read_directory();
+    // A constructor that throws runs no destructor: close minizip's handle here.
+    try {
+        check_end_record(handle_, bytes);
+        read_directory();
+    } catch (...) {
+        unzClose(static_cast<unzFile>(handle_));
+        handle_ = nullptr;
+        throw;
+    }
 }
 
 ZipArchive::~ZipArchive() {
@@ -134,9 +194,7 @@ void ZipArchive::read_directory() {
         ZipEntry entry;
         entry.name.assign(name.data(), file_info.size_filename);
         if (unsafe_name(entry.name)) bad_zip("unsafe entry name \"" + entry.name + "\"");
-        if ((file_info.flag & 1U) != 0) {
-            throw Error(ErrorCode::unsupported, "zip entry \"" + entry.name + "\" is encrypted");
-        }
+        check_flags(entry.name, static_cast<std::uint32_t>(file_info.flag), "central directory");
         if (file_info.compression_method != 0 && file_info.compression_method != Z_DEFLATED) {
             throw Error(ErrorCode::unsupported, "zip entry \"" + entry.name +
                                                     "\" uses compression method " +
@@ -145,6 +203,13 @@ void ZipArchive::read_directory() {
         entry.method = static_cast<std::uint16_t>(file_info.compression_method);
         entry.compressed_size = file_info.compressed_size;
         entry.uncompressed_size = file_info.uncompressed_size;
+        // The ratio check below trusts compressed_size, so it may not claim more
+        // bytes than the file holds (else a tiny file "passes" with a 1 TiB record,
+        // allocated before a byte is inflated).
+        if (entry.compressed_size > bytes_.size()) {
+            bad_zip("entry \"" + entry.name + "\" claims " + std::to_string(entry.compressed_size) +
+                    " compressed bytes, more than the whole file");
+        }
         if (entry.method == Z_DEFLATED) check_inflate_ratio(entry, limits_);
         unz64_file_pos pos{};
         unzGetFilePos64(zip, &pos);
@@ -180,11 +245,41 @@ void ZipArchive::open_entry(const ZipEntry& entry) {
     const unz64_file_pos pos{entry.directory_position, entry.directory_index};
     if (unzGoToFilePos64(zip, &pos) != UNZ_OK)
         bad_zip("cannot seek to entry \"" + entry.name + "\"");
-    // minizip checks the local header against the central directory here.
+    // minizip checks the local header against the central directory here:
+    // method, name length, and CRC and sizes unless a data descriptor holds them.
     if (const int rc = unzOpenCurrentFile(zip); rc != UNZ_OK) {
         bad_zip("local header of \"" + entry.name +
                 "\" does not match the central directory (minizip error " + std::to_string(rc) +
                 ")");
+    }
+    // It does not compare the name bytes or the flags (CVE-2025-1944/1945: a
+    // reader keyed on local headers would see another file). The local header
+    // sits right before the data: 30 bytes, the name, the local extra field.
+    const std::uint64_t data_start = unzGetCurrentFileZStreamPos64(zip);
+    const int extra = unzGetLocalExtrafield(zip, nullptr, 0);
+    const std::uint64_t header_bytes =
+        kLocalHeaderSize + entry.name.size() + static_cast<std::uint64_t>(std::max(extra, 0));
+    if (extra < 0 || data_start < header_bytes || data_start > bytes_.size()) {
+        unzCloseCurrentFile(zip);
+        bad_zip("local header of \"" + entry.name + "\" is out of place");
+    }
+    const std::uint64_t header = data_start - header_bytes;
+    static constexpr unsigned char kLocal[4] = {'P', 'K', 3, 4};
+    const auto name_bytes = bytes_.subspan(header + kLocalHeaderSize, entry.name.size());
+    if (std::memcmp(bytes_.data() + header, kLocal, 4) != 0 ||
+        std::memcmp(name_bytes.data(), entry.name.data(), entry.name.size()) != 0) {
+        unzCloseCurrentFile(zip);
+        bad_zip("local header of \"" + entry.name +
+                "\" names another file than the central directory does");
+    }
+    const std::uint32_t local_flags = le16(bytes_, header + 6);
+    try {
+        check_flags(entry.name, local_flags, "local header");
+    } catch (const Error&) {
+        unzCloseCurrentFile(zip);
+        throw Error(ErrorCode::malformed, "zip archive: local header of \"" + entry.name +
+                                              "\" sets flags " + hex16(local_flags) +
+                                              " that the central directory does not");
     }
 }
 

@@ -102,9 +102,15 @@ SeccompFilter SeccompFilter::worker_policy() {
     allow(ctx, SCMP_SYS(madvise));
     allow(ctx, SCMP_SYS(futex));
 #ifdef PICKLEJAIL_SANITIZE
-    // Sanitizer builds only: UBSan's vptr check tests whether a vtable is
+    // Sanitizer builds only. ASan asks for the alternate signal stack
+    // (sigaltstack(NULL, &old), a query that changes nothing) before every
+    // throw and noreturn call. UBSan's vptr check tests whether a vtable is
     // readable by writing it into a fresh pipe (IsAccessibleMemoryRange):
     // pipe2, write and close, on descriptors above the worker's own.
+    if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(sigaltstack), 1, SCMP_A0(SCMP_CMP_EQ, 0)) !=
+        0) {
+        throw Error(ErrorCode::internal, "seccomp_rule_add failed");
+    }
     allow(ctx, SCMP_SYS(pipe2));
     for (const int syscall_nr : {SCMP_SYS(write), SCMP_SYS(close)}) {
         if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, syscall_nr, 1,

@@ -2,7 +2,6 @@
 // checkpoint, fd 4 the output, fd 5 the result pipe. It confines itself
 // completely before it reads a single byte of the checkpoint, converts it,
 // writes the safetensors image to fd 4 and one result record to fd 5.
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #ifdef PICKLEJAIL_WITH_MIMALLOC
@@ -187,10 +186,5 @@ int main(int argc, char** argv) {
         send_result(ipc::make_result(ErrorCode::internal, e.what()));
     }
     // _exit: no atexit handlers or stdio flushing, which would make syscalls.
-#ifdef PICKLEJAIL_SANITIZE
-    // ASan intercepts _exit and tears its thread state down with sigaltstack,
-    // which the filter refuses; leave through the raw system call instead.
-    ::syscall(SYS_exit_group, status);
-#endif
     ::_exit(status);
 }
