@@ -6,8 +6,9 @@ calls it on every run; nothing here is committed twice).
 
 Seeds: the torch fixtures in tests/fixtures (whole files for the container
 targets, their data.pkl records for the pickle VM), the hostile files from
-tests/hostile/generate.py, and for the safetensors checker a few images built
-here by hand. Files larger than MAX_BYTES are skipped. Nothing is unpickled.
+tests/hostile/generate.py, for the safetensors checker a few images built here
+by hand, and for the daemon's request parser protocol lines from
+docs/protocol.md. Files larger than MAX_BYTES are skipped. Nothing is unpickled.
 """
 
 import hashlib
@@ -72,12 +73,32 @@ def safetensors_seeds():
     yield "st-escapes", safetensors_image([("\u00e9\\\"\n", "F16", [1], bytes(2))])
 
 
+def request_seeds():
+    """Protocol lines (docs/protocol.md), one per seed and a pipelined batch."""
+    lines = [
+        b'{"op":"ping"}\n',
+        b'{"op":"stats","id":7}\n',
+        b'{"op":"load","path":"/abs/model.pt","policy":"weights","transport":"memfd",'
+        b'"select":["encoder."],"id":"a"}\n',
+        b'{"op":"load","fd":true,"transport":"shm"}\n',
+        b'{"op":"load","path":"/m.pt","transport":"inline","policy":"checkpoint"}\n',
+        b'{"op":"inspect","path":"/abs/model.pt","select":["fc.weight"]}\n',
+        b'{"op":"release","shm_name":"picklejail-1000-3f2a"}\n',
+        b'{"op":"load","path":"\\u0000/x","id":[1,{"a":null}]}\n',
+    ]
+    for i, line in enumerate(lines):
+        yield f"request-{i}", line
+    yield "request-pipelined", b"".join(lines)
+
+
 def main(argv):
     target, outdir = argv[1], Path(argv[2])
     limit = int(argv[3]) if len(argv) > 3 else 1 << 20
     outdir.mkdir(parents=True, exist_ok=True)
     if target == "fuzz_safetensors_check":
         seeds = list(safetensors_seeds())
+    elif target == "fuzz_request_parser":
+        seeds = list(request_seeds())
     elif target == "fuzz_pickle_vm":
         # data.pkl of the (trusted) fixtures; the hostile pickles as they are.
         seeds = [s for name, data in fixtures() for s in pickles_in(name, data)]
