@@ -81,6 +81,22 @@ void apply_selection(FlattenedObject& flat, const Selection& select) {
     std::erase_if(flat.aliases, [&](const auto& entry) { return !select.matches(entry.first); });
 }
 
+constexpr std::uint64_t kOutputSlack = 64ULL << 20;
+
+// Stride-0 and overlapping views make output larger than input; how much is
+// capped so a tiny file cannot ask for a huge image (memfds live in RAM).
+void check_output_ratio(std::uint64_t output, std::uint64_t input, const Limits& limits) {
+    const unsigned __int128 allowed =
+        static_cast<unsigned __int128>(input) * limits.max_output_ratio + kOutputSlack;
+    if (output > allowed) {
+        throw Error(ErrorCode::too_large,
+                    "the image would be " + std::to_string(output) + " bytes from a " +
+                        std::to_string(input) + "-byte file, more than " +
+                        std::to_string(limits.max_output_ratio) +
+                        " times its size plus 64 MiB (limit max_output_ratio)");
+    }
+}
+
 std::map<std::string, std::string> build_metadata(const FlattenedObject& flat, InputFormat format,
                                                   const PickleInfo& pickle) {
     std::map<std::string, std::string> metadata{
@@ -152,6 +168,7 @@ Conversion Conversion::plan(std::span<const std::byte> input, const Policy& poli
     conversion.metadata_ = build_metadata(flat, parsed.format, parsed.read.pickle);
     conversion.layout_ = SafetensorsLayout::plan(tensor_sources(flat, owned.storages),
                                                  conversion.metadata_, owned.limits);
+    check_output_ratio(conversion.output_size(), input.size(), owned.limits);
     return conversion;
 }
 

@@ -10,7 +10,7 @@
 namespace picklejail::loader {
 
 Limits limits_from_json(std::string_view json_text, Limits base) {
-    const std::array<std::pair<std::string_view, std::uint64_t Limits::*>, 16> fields{{
+    const std::array<std::pair<std::string_view, std::uint64_t Limits::*>, 17> fields{{
         {"max_input_bytes", &Limits::max_input_bytes},
         {"max_pickle_bytes", &Limits::max_pickle_bytes},
         {"max_memo_entries", &Limits::max_memo_entries},
@@ -27,6 +27,7 @@ Limits limits_from_json(std::string_view json_text, Limits base) {
         {"max_output_bytes", &Limits::max_output_bytes},
         {"max_zip_entries", &Limits::max_zip_entries},
         {"max_inflate_ratio", &Limits::max_inflate_ratio},
+        {"max_output_ratio", &Limits::max_output_ratio},
     }};
     const auto doc = nlohmann::json::parse(json_text, nullptr, false);
     if (doc.is_discarded() || !doc.is_object())

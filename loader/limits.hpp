@@ -24,6 +24,9 @@ struct Limits {
     std::uint64_t max_output_bytes = 1ULL << 40;   // whole safetensors image
     std::uint64_t max_zip_entries = 1'000'000;
     std::uint64_t max_inflate_ratio = 1'000;  // deflated records (zip bombs)
+    // Output may be at most this many times the input, plus 64 MiB: a few
+    // hundred bytes of stride-0 views must not fill memory with a huge image.
+    std::uint64_t max_output_ratio = 16;
 };
 
 // Applies {"name": number, ...} overrides (the names of the fields above) from

@@ -123,3 +123,17 @@ def test_sharded_index_must_match_the_shards(picklejail_bin, sharded, tmp_path):
     (src / "pytorch_model.bin.index.json").write_text(json.dumps(index))
     res = run(picklejail_bin, "convert", src / "pytorch_model.bin.index.json", tmp_path / "o", "--local")
     assert res.returncode == 1 and "ghost.weight" in res.stderr
+
+
+def test_tiny_file_cannot_ask_for_a_huge_image(picklejail_bin, tmp_path):
+    """A stride-0 view of one float, expanded to 400 MB: refused by max_output_ratio."""
+    if torch is None:
+        pytest.skip("needs torch")
+    src = tmp_path / "expanded.pt"
+    torch.save({"x": torch.zeros(1).expand(100_000_000)}, src)
+    assert src.stat().st_size < 4096
+    res = run(picklejail_bin, "convert", src, tmp_path / "x.st", "--local")
+    assert res.returncode == 1 and "too_large" in res.stderr and "max_output_ratio" in res.stderr
+    small = tmp_path / "small_expand.pt"
+    torch.save({"x": torch.zeros(1).expand(1000)}, small)  # legitimate and small: converts
+    assert run(picklejail_bin, "convert", small, tmp_path / "s.st", "--local").returncode == 0
