@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "common/utf8.hpp"
+
 namespace picklejail::ipc {
 namespace {
 
@@ -14,39 +16,13 @@ namespace {
 std::string printable_message(std::string_view raw) {
     std::string out;
     out.reserve(raw.size());
-    const auto* s = reinterpret_cast<const unsigned char*>(raw.data());
-    const std::size_t n = raw.size();
-    std::size_t i = 0;
-    while (i < n) {
-        const unsigned char c = s[i];
-        if (c < 0x80) {
-            out.push_back(c < 0x20 || c == 0x7f ? '?' : static_cast<char>(c));
-            ++i;
-            continue;
-        }
-        std::size_t len = 0;
-        std::uint32_t cp = 0;
-        if ((c & 0xE0) == 0xC0) {
-            len = 2;
-            cp = c & 0x1FU;
-        } else if ((c & 0xF0) == 0xE0) {
-            len = 3;
-            cp = c & 0x0FU;
-        } else if ((c & 0xF8) == 0xF0) {
-            len = 4;
-            cp = c & 0x07U;
-        }
-        bool valid = len != 0 && i + len <= n;
-        for (std::size_t k = 1; valid && k < len; ++k) {
-            valid = (s[i + k] & 0xC0) == 0x80;
-            cp = (cp << 6) | (s[i + k] & 0x3FU);
-        }
-        valid = valid && !(len == 2 && cp < 0x80) && !(len == 3 && cp < 0x800) &&
-                !(len == 4 && cp < 0x10000) && cp <= 0x10FFFF && !(cp >= 0xD800 && cp <= 0xDFFF) &&
-                !(cp >= 0x80 && cp < 0xA0);
-        if (!valid) {
+    std::uint32_t codepoint = 0;
+    for (std::size_t i = 0; i < raw.size();) {
+        const std::size_t len = utf8_sequence(raw, i, codepoint);
+        const bool control = codepoint < 0x20 || (codepoint >= 0x7f && codepoint < 0xA0);
+        if (len == 0 || control) {
             out.push_back('?');
-            ++i;
+            ++i;  // one '?' per byte, as for any other byte we cannot show
             continue;
         }
         out.append(raw.substr(i, len));

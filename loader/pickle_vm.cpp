@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "common/utf8.hpp"
 #include "loader/byte_reader.hpp"
 #include "loader/checked_math.hpp"
 
@@ -118,37 +119,10 @@ std::string printable_name(std::string_view name) {
 }  // namespace
 
 bool is_valid_utf8(std::string_view text) noexcept {
-    const auto* s = reinterpret_cast<const unsigned char*>(text.data());
-    const std::size_t n = text.size();
-    std::size_t i = 0;
-    while (i < n) {
-        const unsigned char c = s[i];
-        if (c < 0x80) {
-            ++i;
-            continue;
-        }
-        std::size_t len = 0;
-        std::uint32_t cp = 0;
-        if ((c & 0xE0) == 0xC0) {
-            len = 2;
-            cp = c & 0x1F;
-        } else if ((c & 0xF0) == 0xE0) {
-            len = 3;
-            cp = c & 0x0F;
-        } else if ((c & 0xF8) == 0xF0) {
-            len = 4;
-            cp = c & 0x07;
-        } else {
-            return false;
-        }
-        if (i + len > n) return false;
-        for (std::size_t k = 1; k < len; ++k) {
-            if ((s[i + k] & 0xC0) != 0x80) return false;
-            cp = (cp << 6) | (s[i + k] & 0x3F);
-        }
-        const bool overlong =
-            (len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000);
-        if (overlong || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+    std::uint32_t codepoint = 0;
+    for (std::size_t i = 0; i < text.size();) {
+        const std::size_t len = utf8_sequence(text, i, codepoint);
+        if (len == 0) return false;
         i += len;
     }
     return true;
