@@ -12,9 +12,15 @@
 namespace picklejail::loader {
 
 struct Conversion::Owned {
-    explicit Owned(const Limits& l) : limits(l), storages(limits) {}
+    explicit Owned(const Limits& l) : limits(l), storages(limits), arena(limits) {}
     Limits limits;
     StorageTable storages;
+    // The object graph and its flattening live as long as the Conversion, so
+    // tearing them down (a free per object) is the owner's choice: a one-shot
+    // worker sends its result and exits without it (worker_main.cpp).
+    ObjectArena arena;
+    ValuePtr root;
+    FlattenedObject flat;
 };
 
 namespace {
@@ -97,13 +103,13 @@ void check_output_ratio(std::uint64_t output, std::uint64_t input, const Limits&
     }
 }
 
-std::map<std::string, std::string> build_metadata(const FlattenedObject& flat, InputFormat format,
+std::map<std::string, std::string> build_metadata(FlattenedObject& flat, InputFormat format,
                                                   const PickleInfo& pickle) {
     std::map<std::string, std::string> metadata{
         {std::string(kMetaFormat), "pt"},
         {std::string(kMetaGlobals), nlohmann::json(pickle.globals).dump()},
         {std::string(kMetaProtocol), std::to_string(pickle.protocol)},
-        {std::string(kMetaObject), flat.description.dump()},
+        {std::string(kMetaObject), std::move(flat.description)},
         {std::string(kMetaSource), std::string(to_string(format))},
     };
     nlohmann::json complex128 = nlohmann::json::array();
@@ -157,10 +163,11 @@ Conversion Conversion::plan(std::span<const std::byte> input, const Policy& poli
     Conversion conversion;
     conversion.owned_ = std::make_unique<Owned>(limits);
     Owned& owned = *conversion.owned_;
-    ObjectArena arena(owned.limits);  // values die with this scope; only plain data leaves it
-    CallContext ctx{policy, owned.limits, owned.storages, arena};
+    CallContext ctx{policy, owned.limits, owned.storages, owned.arena};
     const Parsed parsed = parse_input(input, ctx);
-    FlattenedObject flat = flatten_object(parsed.read.root, owned.limits, owned.storages);
+    owned.root = parsed.read.root;
+    owned.flat = flatten_object(parsed.read.root, owned.limits, owned.storages);
+    FlattenedObject& flat = owned.flat;
     apply_selection(flat, select);
     conversion.format_ = parsed.format;
     conversion.protocol_ = parsed.read.pickle.protocol;

@@ -63,7 +63,7 @@ class Conversion {
   private:
     Conversion() = default;
 
-    struct Owned;  // storage table: keeps inflated records alive for the layout
+    struct Owned;  // storages (inflated records the layout points into), object graph
     std::unique_ptr<Owned> owned_;
     InputFormat format_ = InputFormat::pickle;
     int protocol_ = 0;

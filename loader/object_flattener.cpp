@@ -3,20 +3,14 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
-#include <set>
 #include <tuple>
 #include <unordered_set>
 
 #include "common/error.hpp"
+#include "loader/json_text.hpp"
 
 namespace picklejail::loader {
 namespace {
-
-using Json = nlohmann::ordered_json;
-
-// Identical views of one storage are stored once (Hugging Face's convention).
-using ViewKey = std::tuple<std::uint32_t, DType, std::uint64_t, std::vector<std::uint64_t>,
-                           std::vector<std::uint64_t>>;
 
 std::string base64(std::string_view bytes) {
     static constexpr char kAlphabet[] =
@@ -52,12 +46,6 @@ std::string big_int_hex(const BigIntValue& big) {
     return out;
 }
 
-Json float_json(double value) {
-    if (std::isnan(value)) return Json{{"float", "nan"}};
-    if (std::isinf(value)) return Json{{"float", value > 0 ? "inf" : "-inf"}};
-    return value;
-}
-
 class Flattener {
   public:
     Flattener(const Limits& limits, const StorageTable& storages)
@@ -65,7 +53,8 @@ class Flattener {
 
     FlattenedObject run(const ValuePtr& root) {
         FlattenedObject out;
-        out.description = walk(root, 0);
+        walk(root, 0);
+        out.description = std::move(text_);
         assign_names(out);
         return out;
     }
@@ -91,7 +80,7 @@ class Flattener {
         }
     }
 
-    Json walk(const ValuePtr& value, std::size_t depth) {
+    void walk(const ValuePtr& value, std::size_t depth) {
         spend(1);
         if (++visited_ > limits_.max_objects) {
             throw Error(ErrorCode::too_large,
@@ -104,61 +93,103 @@ class Flattener {
                                                   std::to_string(limits_.max_nesting_depth) +
                                                   " (limit max_nesting_depth)");
         }
-        if (!on_path_.insert(value.get()).second) {
+        // Only a container can lead back to itself; leaves skip the bookkeeping.
+        const bool container = has_children(*value);
+        if (container && !on_path_.insert(value.get()).second) {
             throw Error(ErrorCode::malformed,
                         "the object contains itself (a reference cycle at " + path_string() + ")");
         }
-        Json out = visit(*value, depth);
-        on_path_.erase(value.get());
-        return out;
+        visit(*value, depth);
+        if (container) on_path_.erase(value.get());
     }
 
-    Json visit(const Value& value, std::size_t depth) {
-        if (value.is<NoneValue>()) return nullptr;
-        if (const auto* b = value.as<BoolValue>()) return b->value;
-        if (const auto* i = value.as<IntValue>()) return i->value;
-        if (const auto* big = value.as<BigIntValue>()) {
+    static bool has_children(const Value& value) noexcept {
+        return value.is<ListValue>() || value.is<TupleValue>() || value.is<SetValue>() ||
+               value.is<DictValue>() || value.is<RecordValue>();
+    }
+
+    // {"tag":
+    void open_tagged(std::string_view tag) {
+        text_ += "{\"";
+        text_ += tag;
+        text_ += "\":";
+    }
+
+    void tagged_string(std::string_view tag, std::string_view value) {
+        open_tagged(tag);
+        append_json_string(text_, value);
+        text_.push_back('}');
+    }
+
+    void number(double value) {
+        if (std::isnan(value)) return tagged_string("float", "nan");
+        if (std::isinf(value)) return tagged_string("float", value > 0 ? "inf" : "-inf");
+        append_json_double(text_, value);
+    }
+
+    void visit(const Value& value, std::size_t depth) {
+        if (value.is<NoneValue>()) {
+            text_ += "null";
+        } else if (const auto* b = value.as<BoolValue>()) {
+            text_ += b->value ? "true" : "false";
+        } else if (const auto* i = value.as<IntValue>()) {
+            append_json_integer(text_, i->value);
+        } else if (const auto* big = value.as<BigIntValue>()) {
             spend(2 * big->le_bytes.size());
-            return Json{{"int", big_int_hex(*big)}};
-        }
-        if (const auto* f = value.as<FloatValue>()) return float_json(f->value);
-        if (const auto* c = value.as<ComplexValue>())
-            return Json{{"complex", {float_json(c->real), float_json(c->imag)}}};
-        if (const auto* s = value.as<StringValue>()) {
+            tagged_string("int", big_int_hex(*big));
+        } else if (const auto* f = value.as<FloatValue>()) {
+            number(f->value);
+        } else if (const auto* c = value.as<ComplexValue>()) {
+            open_tagged("complex");
+            text_.push_back('[');
+            number(c->real);
+            text_.push_back(',');
+            number(c->imag);
+            text_ += "]}";
+        } else if (const auto* s = value.as<StringValue>()) {
             spend(s->utf8.size());
-            return s->utf8;
+            append_json_string(text_, s->utf8);
+        } else if (const auto* bytes = value.as<BytesValue>()) {
+            spend((bytes->bytes.size() + 2) / 3 * 4);
+            tagged_string(bytes->bytearray ? "bytearray" : "bytes", base64(bytes->bytes));
+        } else if (const auto* l = value.as<ListValue>()) {
+            sequence(l->items, depth);
+        } else if (const auto* t = value.as<TupleValue>()) {
+            open_tagged(t->torch_size ? "size" : "tuple");
+            sequence(t->items, depth);
+            text_.push_back('}');
+        } else if (const auto* set = value.as<SetValue>()) {
+            open_tagged(set->frozen ? "frozenset" : "set");
+            sequence(set->items, depth);
+            text_.push_back('}');
+        } else if (const auto* d = value.as<DictValue>()) {
+            dict(*d, depth);
+        } else if (const auto* tensor_value = value.as<TensorValue>()) {
+            tensor(*tensor_value);
+        } else if (const auto* dt = value.as<DTypeValue>()) {
+            tagged_string("dtype", info(dt->dtype).torch_name);
+        } else if (const auto* dev = value.as<DeviceValue>()) {
+            spend(dev->spec.size());
+            tagged_string("device", dev->spec);
+        } else if (const auto* r = value.as<RecordValue>()) {
+            record(*r, depth);
+        } else if (const auto* g = value.as<GlobalValue>()) {
+            tagged_string("global", g->name);
+        } else {
+            throw Error(ErrorCode::unsupported, "a bare " + describe(value) + " at " +
+                                                    path_string() + " cannot be represented");
         }
-        if (const auto* b = value.as<BytesValue>()) {
-            spend((b->bytes.size() + 2) / 3 * 4);
-            return Json{{b->bytearray ? "bytearray" : "bytes", base64(b->bytes)}};
-        }
-        if (const auto* l = value.as<ListValue>()) return sequence(l->items, depth);
-        if (const auto* t = value.as<TupleValue>())
-            return Json{{t->torch_size ? "size" : "tuple", sequence(t->items, depth)}};
-        if (const auto* s = value.as<SetValue>())
-            return Json{{s->frozen ? "frozenset" : "set", sequence(s->items, depth)}};
-        if (const auto* d = value.as<DictValue>()) return dict(*d, depth);
-        if (const auto* t = value.as<TensorValue>()) return tensor(*t);
-        if (const auto* d = value.as<DTypeValue>())
-            return Json{{"dtype", info(d->dtype).torch_name}};
-        if (const auto* d = value.as<DeviceValue>()) {
-            spend(d->spec.size());
-            return Json{{"device", d->spec}};
-        }
-        if (const auto* r = value.as<RecordValue>()) return record(*r, depth);
-        if (const auto* g = value.as<GlobalValue>()) return Json{{"global", g->name}};
-        throw Error(ErrorCode::unsupported, "a bare " + describe(value) + " at " + path_string() +
-                                                " cannot be represented");
     }
 
-    Json sequence(const std::vector<ValuePtr>& items, std::size_t depth) {
-        Json out = Json::array();
+    void sequence(const std::vector<ValuePtr>& items, std::size_t depth) {
+        text_.push_back('[');
         for (std::size_t i = 0; i < items.size(); ++i) {
+            if (i != 0) text_.push_back(',');
             path_.push_back(std::to_string(i));
-            out.push_back(walk(items[i], depth + 1));
+            walk(items[i], depth + 1);
             path_.pop_back();
         }
-        return out;
+        text_.push_back(']');
     }
 
     // Python's str() of a key, for tensor names; empty when it has none.
@@ -170,61 +201,86 @@ class Flattener {
         return std::nullopt;
     }
 
-    Json dict(const DictValue& d, std::size_t depth) {
-        Json items = Json::array();
-        for (const auto& [key, value] : d.items) {
-            Json key_json = walk(key, depth + 1);
-            const auto component = key_component(*key);
-            path_.push_back(component);  // nullopt: a key that cannot name a tensor
-            items.push_back(Json::array({std::move(key_json), walk(value, depth + 1)}));
-            path_.pop_back();
-        }
-        const char* tag = "dict";
-        switch (d.kind) {
+    static std::string_view dict_tag(DictValue::Kind kind) noexcept {
+        switch (kind) {
             case DictValue::Kind::ordered_dict:
-                tag = "odict";
-                break;
+                return "odict";
             case DictValue::Kind::default_dict:
-                tag = "defaultdict";
-                break;
+                return "defaultdict";
             case DictValue::Kind::counter:
-                tag = "counter";
-                break;
+                return "counter";
             case DictValue::Kind::dict:
                 break;
         }
-        Json out{{tag, std::move(items)}};
-        if (!d.factory.empty()) out["factory"] = d.factory;
-        if (d.attributes) {
-            path_.push_back(std::nullopt);
-            out["attrs"] = walk(d.attributes, depth + 1);
-            path_.pop_back();
-        }
-        return out;
+        return "dict";
     }
 
-    Json record(const RecordValue& r, std::size_t depth) {
-        Json out{{"object", r.class_name}};
+    void dict(const DictValue& d, std::size_t depth) {
+        open_tagged(dict_tag(d.kind));
+        text_.push_back('[');
+        bool first = true;
+        for (const auto& [key, value] : d.items) {
+            text_ += first ? "[" : ",[";
+            first = false;
+            walk(key, depth + 1);
+            text_.push_back(',');
+            path_.push_back(key_component(*key));  // nullopt: a key that cannot name a tensor
+            walk(value, depth + 1);
+            path_.pop_back();
+            text_.push_back(']');
+        }
+        text_.push_back(']');
+        if (!d.factory.empty()) {
+            text_ += ",\"factory\":";
+            append_json_string(text_, d.factory);
+        }
+        if (d.attributes) {
+            text_ += ",\"attrs\":";
+            path_.push_back(std::nullopt);
+            walk(d.attributes, depth + 1);
+            path_.pop_back();
+        }
+        text_.push_back('}');
+    }
+
+    void record(const RecordValue& r, std::size_t depth) {
+        open_tagged("object");
+        append_json_string(text_, r.class_name);
+        text_ += ",\"args\":";
         path_.push_back(std::nullopt);
-        out["args"] = r.args ? walk(r.args, depth + 1) : Json(nullptr);
+        if (r.args) {
+            walk(r.args, depth + 1);
+        } else {
+            text_ += "null";
+        }
         path_.pop_back();
         if (r.state) {
             // Attributes of config objects name tensors like dict keys do.
-            out["state"] = walk(r.state, depth + 1);
+            text_ += ",\"state\":";
+            walk(r.state, depth + 1);
         }
-        return out;
+        text_.push_back('}');
     }
 
-    Json tensor(const TensorValue& t) {
+    void tensor(const TensorValue& t) {
         spend(48);  // "tensor", "id", "dtype" and the header entry's own fields
-        const std::string name = tensor_name();
-        occurrences_.push_back({name, &t});
-        Json out{{"tensor", name}, {"id", t.id}, {"dtype", info(t.dtype).torch_name}};
+        std::string name = tensor_name();
+        open_tagged("tensor");
+        append_json_string(text_, name);
+        text_ += ",\"id\":";
+        append_json_integer(text_, t.id);
+        text_ += ",\"dtype\":\"";
+        text_ += info(t.dtype).torch_name;
+        text_.push_back('"');
         const auto& location = storages_.at(t.storage).location;
-        if (!location.empty() && location != "cpu") out["device"] = location;
-        if (t.parameter) out["parameter"] = true;
-        if (t.requires_grad) out["requires_grad"] = true;
-        return out;
+        if (!location.empty() && location != "cpu") {
+            text_ += ",\"device\":";
+            append_json_string(text_, location);
+        }
+        if (t.parameter) text_ += ",\"parameter\":true";
+        if (t.requires_grad) text_ += ",\"requires_grad\":true";
+        text_.push_back('}');
+        occurrences_.push_back({std::move(name), &t});
     }
 
     std::string tensor_name() {
@@ -265,9 +321,20 @@ class Flattener {
         return out;
     }
 
-    void assign_names(FlattenedObject& out) const {
-        std::map<ViewKey, std::vector<const Occurrence*>> groups;
-        std::set<std::string, std::less<>> seen;
+    // Identical views of one storage are stored once (Hugging Face's
+    // convention): occurrences are grouped by view, in the view's order.
+    static bool same_view(const TensorValue& a, const TensorValue& b) noexcept {
+        return a.storage == b.storage && a.dtype == b.dtype && a.offset == b.offset &&
+               a.shape == b.shape && a.stride == b.stride;
+    }
+    static bool view_before(const TensorValue& a, const TensorValue& b) noexcept {
+        return std::tie(a.storage, a.dtype, a.offset, a.shape, a.stride) <
+               std::tie(b.storage, b.dtype, b.offset, b.shape, b.stride);
+    }
+
+    void assign_names(FlattenedObject& out) {
+        std::unordered_set<std::string_view> seen;
+        seen.reserve(occurrences_.size());
         for (const auto& occurrence : occurrences_) {
             if (!seen.insert(occurrence.name).second) {
                 throw Error(ErrorCode::malformed,
@@ -276,18 +343,24 @@ class Flattener {
             if (occurrence.name == "__metadata__") {
                 throw Error(ErrorCode::malformed, "a tensor is named \"__metadata__\"");
             }
-            const auto& v = *occurrence.view;
-            groups[ViewKey{v.storage, v.dtype, v.offset, v.shape, v.stride}].push_back(&occurrence);
         }
-        for (const auto& [key, members] : groups) {
-            const Occurrence* kept = members.front();
-            for (const auto* member : members) {
-                if (member->name < kept->name) kept = member;  // lexicographically smallest wins
+        std::vector<Occurrence*> order;
+        order.reserve(occurrences_.size());
+        for (auto& occurrence : occurrences_) order.push_back(&occurrence);
+        std::stable_sort(order.begin(), order.end(), [](const Occurrence* a, const Occurrence* b) {
+            return view_before(*a->view, *b->view);
+        });
+        out.tensors.reserve(order.size());
+        for (std::size_t begin = 0, end = 0; begin < order.size(); begin = end) {
+            Occurrence* kept = order[begin];
+            for (end = begin + 1; end < order.size() && same_view(*order[end]->view, *kept->view);
+                 ++end) {
+                if (order[end]->name < kept->name) kept = order[end];  // smallest name wins
             }
-            out.tensors.push_back({kept->name, *kept->view});
-            for (const auto* member : members) {
-                if (member != kept) out.aliases.emplace(member->name, kept->name);
+            for (std::size_t i = begin; i < end; ++i) {
+                if (order[i] != kept) out.aliases.emplace(order[i]->name, kept->name);
             }
+            out.tensors.push_back({std::move(kept->name), *kept->view});
         }
     }
 
@@ -298,6 +371,7 @@ class Flattener {
     std::vector<std::optional<std::string>> path_;
     std::unordered_set<const Value*> on_path_;
     std::vector<Occurrence> occurrences_;
+    std::string text_;  // the description's JSON text, as it is written
 };
 
 }  // namespace

@@ -6,7 +6,6 @@
 
 #include <cstdint>
 #include <map>
-#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -24,7 +23,7 @@ struct NamedTensor {
 struct FlattenedObject {
     std::vector<NamedTensor> tensors;            // one per distinct view
     std::map<std::string, std::string> aliases;  // alias name → stored name
-    nlohmann::ordered_json description;
+    std::string description;                     // JSON text (docs/output-format.md)
 };
 
 // `storages` gives each tensor's saved location ("cuda:0"), for the description.

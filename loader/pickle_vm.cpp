@@ -264,24 +264,24 @@ bool PickleVm::step(std::uint8_t opcode) {
             push(top());
             break;
         case NONE:
-            push(ctx_.arena.make(NoneValue{}));
+            push(shared_scalar(none_, NoneValue{}));
             break;
         case NEWTRUE:
-            push(ctx_.arena.make(BoolValue{true}));
+            push(shared_scalar(true_, BoolValue{true}));
             break;
         case NEWFALSE:
-            push(ctx_.arena.make(BoolValue{false}));
+            push(shared_scalar(false_, BoolValue{false}));
             break;
         case BININT: {
             const auto raw = static_cast<std::uint32_t>(in.le<4>("BININT"));
-            push(ctx_.arena.make(IntValue{static_cast<std::int32_t>(raw)}));
+            push(make_int(static_cast<std::int32_t>(raw)));
             break;
         }
         case BININT1:
-            push(ctx_.arena.make(IntValue{static_cast<std::int64_t>(in.u8("BININT1"))}));
+            push(make_int(static_cast<std::int64_t>(in.u8("BININT1"))));
             break;
         case BININT2:
-            push(ctx_.arena.make(IntValue{static_cast<std::int64_t>(in.le<2>("BININT2"))}));
+            push(make_int(static_cast<std::int64_t>(in.le<2>("BININT2"))));
             break;
         case LONG1: {
             const auto length = in.u8("LONG1 length");
@@ -476,7 +476,7 @@ bool PickleVm::step(std::uint8_t opcode) {
             memo_put(in.le<4>("LONG_BINPUT index"));
             break;
         case MEMOIZE:
-            memo_put(memo_.size());
+            memo_put(memo_count_);  // Python: len(memo)
             break;
         case PUT: {
             const auto text = text_line("PUT index");
@@ -803,22 +803,44 @@ void PickleVm::op_additems(std::vector<ValuePtr> items) {
     for (auto& item : items) set->items.push_back(std::move(item));
 }
 
+ValuePtr PickleVm::make_int(std::int64_t value) {
+    if (value >= 0 && static_cast<std::uint64_t>(value) < small_ints_.size()) {
+        return shared_scalar(small_ints_[static_cast<std::size_t>(value)], IntValue{value});
+    }
+    return ctx_.arena.make(IntValue{value});
+}
+
 void PickleVm::memo_put(std::uint64_t index) {
     if (index >= ctx_.limits.max_memo_index) fail(ErrorCode::too_large, "memo index too large");
-    auto& slot = memo_[index];
-    if (!slot && memo_.size() > ctx_.limits.max_memo_entries) {
-        fail(ErrorCode::too_large, "more than " + std::to_string(ctx_.limits.max_memo_entries) +
-                                       " memo entries (limit max_memo_entries)");
+    ValuePtr* slot = nullptr;
+    if (index < memo_dense_.size()) {
+        slot = &memo_dense_[index];
+    } else if (index == memo_dense_.size() && !memo_sparse_.contains(index)) {
+        slot = &memo_dense_.emplace_back();
+    } else {
+        slot = &memo_sparse_[index];
     }
-    slot = top();
+    if (!*slot) {
+        if (memo_count_ >= ctx_.limits.max_memo_entries) {
+            fail(ErrorCode::too_large, "more than " + std::to_string(ctx_.limits.max_memo_entries) +
+                                           " memo entries (limit max_memo_entries)");
+        }
+        ++memo_count_;
+    }
+    *slot = top();
 }
 
 void PickleVm::memo_get(std::uint64_t index) {
-    const auto it = memo_.find(index);
-    if (it == memo_.end() || !it->second) {
+    const ValuePtr* slot = nullptr;
+    if (index < memo_dense_.size()) {
+        slot = &memo_dense_[index];
+    } else if (const auto it = memo_sparse_.find(index); it != memo_sparse_.end()) {
+        slot = &it->second;
+    }
+    if (slot == nullptr || !*slot) {
         fail(ErrorCode::malformed, "memo index " + std::to_string(index) + " was never stored");
     }
-    push(it->second);
+    push(*slot);
 }
 
 }  // namespace picklejail::loader

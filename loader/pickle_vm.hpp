@@ -3,11 +3,13 @@
 // REDUCE/NEWOBJ/BUILD act only on built-in handlers (global_calls.hpp).
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <functional>
 #include <span>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "loader/global_calls.hpp"
@@ -61,6 +63,13 @@ class PickleVm {
     void op_text_unicode(std::string_view text);
     void check_frame(std::uint8_t opcode);
     void memo_put(std::uint64_t index);
+    [[nodiscard]] ValuePtr make_int(std::int64_t value);
+    template <typename T>
+    [[nodiscard]] ValuePtr shared_scalar(ValuePtr& slot, T&& value) {
+        if (!slot) return slot = ctx_.arena.make(std::forward<T>(value));
+        ctx_.arena.count_object();  // max_objects still counts every value pushed
+        return slot;
+    }
     void memo_get(std::uint64_t index);
 
     void push_string(std::string_view utf8, std::string_view what);
@@ -73,7 +82,15 @@ class PickleVm {
     PersistentLoader persistent_;
     std::vector<ValuePtr> stack_;
     std::vector<std::size_t> marks_;
-    std::unordered_map<std::uint64_t, ValuePtr> memo_;
+    // Pickles number memo slots 0, 1, 2, ... in order: a vector holds those
+    // without a hash node each; indices a hostile file scatters go to the map.
+    std::vector<ValuePtr> memo_dense_;
+    std::unordered_map<std::uint64_t, ValuePtr> memo_sparse_;
+    std::uint64_t memo_count_ = 0;  // slots in use (len(memo) in Python)
+    // None, True, False and small ints are immutable and shared, as in
+    // Python: a checkpoint pushes several per tensor.
+    ValuePtr none_, true_, false_;
+    std::array<ValuePtr, 256> small_ints_;
     PickleInfo info_;
     std::size_t opcode_offset_ = 0;
     std::size_t position_ = 0;

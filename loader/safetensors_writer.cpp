@@ -2,26 +2,21 @@
 
 #include <algorithm>
 #include <cstring>
-#include <nlohmann/json.hpp>
 
 #include "common/error.hpp"
 #include "loader/checked_math.hpp"
+#include "loader/json_text.hpp"
 
 namespace picklejail::loader {
 namespace {
 
-std::string json_string(const std::string& text) {
-    return nlohmann::json(text).dump();
-}
-
-std::string json_uint_array(const std::vector<std::uint64_t>& values) {
-    std::string out = "[";
+void append_uint_array(std::string& out, const std::vector<std::uint64_t>& values) {
+    out.push_back('[');
     for (std::size_t i = 0; i < values.size(); ++i) {
         if (i != 0) out.push_back(',');
-        out += std::to_string(values[i]);
+        append_json_integer(out, values[i]);
     }
     out.push_back(']');
-    return out;
 }
 
 // Dimensions that a plain nested loop walks: size-1 dimensions dropped,
@@ -111,11 +106,14 @@ SafetensorsLayout SafetensorsLayout::plan(std::vector<TensorSource> tensors,
         for (const auto& [key, value] : metadata) {
             if (!first) json.push_back(',');
             first = false;
-            json += json_string(key) + ":" + json_string(value);
+            append_json_string(json, key);
+            json.push_back(':');
+            append_json_string(json, value);
         }
         json += "}";
     }
     std::uint64_t cursor = 0;
+    layout.tensors_.reserve(tensors.size());
     for (auto& source : tensors) {
         LaidOutTensor out;
         out.safetensors_dtype = std::string(info(source.dtype).safetensors_name);
@@ -126,9 +124,16 @@ SafetensorsLayout SafetensorsLayout::plan(std::vector<TensorSource> tensors,
         out.begin = cursor;
         out.end = cursor = checked_add(cursor, bytes, "output size");
         if (json.size() > 1) json.push_back(',');
-        json += json_string(source.name) + ":{\"dtype\":\"" + out.safetensors_dtype +
-                "\",\"shape\":" + json_uint_array(out.written_shape) + ",\"data_offsets\":[" +
-                std::to_string(out.begin) + "," + std::to_string(out.end) + "]}";
+        append_json_string(json, source.name);
+        json += ":{\"dtype\":\"";
+        json += out.safetensors_dtype;
+        json += "\",\"shape\":";
+        append_uint_array(json, out.written_shape);
+        json += ",\"data_offsets\":[";
+        append_json_integer(json, out.begin);
+        json.push_back(',');
+        append_json_integer(json, out.end);
+        json += "]}";
         if (json.size() > limits.max_header_bytes) {
             throw Error(ErrorCode::too_large, "safetensors header exceeds max_header_bytes (" +
                                                   std::to_string(limits.max_header_bytes) + ")");

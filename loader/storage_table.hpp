@@ -5,11 +5,12 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <map>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "loader/dtype.hpp"
@@ -25,6 +26,14 @@ struct Storage {
     std::span<const std::byte> bytes;  // bound by the format reader
     bool bound = false;
     bool big_endian = false;  // bytes must be swapped per element when written
+};
+
+// Lets an unordered_map keyed by std::string be searched with a string_view.
+struct TransparentStringHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view text) const noexcept {
+        return std::hash<std::string_view>{}(text);
+    }
 };
 
 class StorageTable {
@@ -57,7 +66,7 @@ class StorageTable {
   private:
     const Limits& limits_;
     std::vector<Storage> storages_;
-    std::map<std::string, std::uint32_t, std::less<>> by_key_;
+    std::unordered_map<std::string, std::uint32_t, TransparentStringHash, std::equal_to<>> by_key_;
     std::vector<std::vector<std::byte>> owned_;
 };
 

@@ -215,8 +215,6 @@ void ZipArchive::read_directory() {
         unzGetFilePos64(zip, &pos);
         entry.directory_position = pos.pos_in_zip_directory;
         entry.directory_index = pos.num_of_file;
-        if (!by_name_.emplace(entry.name, entries_.size()).second)
-            bad_zip("duplicate entry \"" + entry.name + "\"");
         entries_.push_back(std::move(entry));
     }
     if (entries_.empty()) bad_zip("archive is empty");
@@ -225,19 +223,21 @@ void ZipArchive::read_directory() {
     const auto slash = entries_.front().name.find('/');
     if (slash == std::string::npos) bad_zip("first entry is not in a subdirectory");
     prefix_ = entries_.front().name.substr(0, slash + 1);
-    for (const auto& entry : entries_) {
-        if (entry.name.compare(0, prefix_.size(), prefix_) != 0) {
-            bad_zip("entry \"" + entry.name + "\" is outside the archive directory \"" + prefix_ +
-                    "\"");
+    by_relative_name_.reserve(entries_.size());
+    for (std::size_t i = 0; i < entries_.size(); ++i) {
+        const std::string_view full_name = entries_[i].name;
+        if (!full_name.starts_with(prefix_)) {
+            bad_zip("entry \"" + entries_[i].name + "\" is outside the archive directory \"" +
+                    prefix_ + "\"");
         }
+        if (!by_relative_name_.emplace(full_name.substr(prefix_.size()), i).second)
+            bad_zip("duplicate entry \"" + entries_[i].name + "\"");
     }
 }
 
 const ZipEntry* ZipArchive::find(std::string_view relative_name) const {
-    std::string full = prefix_;
-    full.append(relative_name);
-    const auto it = by_name_.find(full);
-    return it == by_name_.end() ? nullptr : &entries_[it->second];
+    const auto it = by_relative_name_.find(relative_name);
+    return it == by_relative_name_.end() ? nullptr : &entries_[it->second];
 }
 
 void ZipArchive::open_entry(const ZipEntry& entry) {

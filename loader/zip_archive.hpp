@@ -5,11 +5,11 @@
 #pragma once
 
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "loader/limits.hpp"
@@ -51,9 +51,9 @@ class ZipArchive {
     std::span<const std::byte> bytes_;
     const Limits& limits_;
     std::unique_ptr<MemoryStream> stream_;
-    void* handle_ = nullptr;  // unzFile, closed in the destructor
-    std::vector<ZipEntry> entries_;
-    std::map<std::string, std::size_t, std::less<>> by_name_;
+    void* handle_ = nullptr;         // unzFile, closed in the destructor
+    std::vector<ZipEntry> entries_;  // not resized after read_directory: by_relative_name_ views it
+    std::unordered_map<std::string_view, std::size_t> by_relative_name_;  // name minus prefix_
     std::string prefix_;
 };
 

@@ -6,6 +6,8 @@ served a request shows only in error messages ("daemon /run/...: ..." or
 failure happened.
 """
 
+import contextlib
+import gc
 import os
 import tempfile
 
@@ -90,9 +92,27 @@ def load(f, map_location=None, *, policy=None, socket=None, backend="torch", sel
     builder = make_builder(backend, map_location)  # fail on a bad argument before any work
     select = _select_list(select)
     buffer, mode = _fetch_image(f, policy=policy, socket=socket, select=select, transport=transport)
-    with failing_as(f"client, image from {mode}"):
+    with failing_as(f"client, image from {mode}"), _collector_paused():
         image = parse_image(buffer, len(buffer), select=select)
         return rebuild(image, builder)
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """Pause Python's cyclic garbage collector while the object is built.
+
+    Parsing the header and the description creates a container per tensor; each
+    batch of them triggers a collection that scans everything made so far, which
+    doubled the client's time for 20,000 tensors. Nothing built here is cyclic
+    garbage, so pausing frees nothing late.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _write_atomically(buffer, destination):
@@ -120,7 +140,7 @@ def convert(src, dst, *, policy=None, socket=None, select=None):
 
     def daemon(connection, source):
         buffer, reply = connection.load(source, policy=policy, select=select)
-        with failing_as(f"client, image from {connection.mode}"):
+        with failing_as(f"client, image from {connection.mode}"), _collector_paused():
             image = parse_image(buffer, len(buffer), select=select)  # never write what we would refuse
         _write_atomically(buffer, destination)
         return {"output": destination, "size": len(buffer), "tensors": len(image.tensors),

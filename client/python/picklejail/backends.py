@@ -100,31 +100,49 @@ class TorchBuilder:
 
     def stored_arrays(self, image):
         torch = self._torch
-        dtypes = {name: self._torch_dtype(e) for name, e in image.tensors.items()}
+        dtypes = {}  # safetensors name -> torch dtype, checked once per dtype
+        for entry in image.tensors.values():
+            if entry.dtype.torch_name not in dtypes:
+                dtypes[entry.dtype.torch_name] = self._torch_dtype(entry)
         base = None
         if image.data_size:
             base = torch.frombuffer(image.buffer, dtype=torch.uint8, count=image.data_size,
                                     offset=image.data_offset)
         out = {}
-        typed = {}  # one view of the whole data section per dtype: one as_strided per tensor
-        for name, entry in image.tensors.items():
-            dtype = dtypes[name]
-            size = entry.dtype.size
-            if entry.numel == 0:
-                tensor = torch.empty(entry.shape, dtype=dtype)  # no bytes to share
-            elif entry.begin % size == 0:
-                whole = typed.get(dtype)
-                if whole is None:
-                    whole = typed[dtype] = base[:image.data_size - image.data_size % size].view(dtype)
-                tensor = whole.as_strided(entry.shape, _contiguous_strides(entry.shape),
-                                          entry.begin // size)
-            else:
-                # view(dtype) needs the offset to be a multiple of the element size;
-                # picklejail aligns every dtype except complex128 (sorted as F64).
-                tensor = torch.frombuffer(image.buffer, dtype=dtype, count=entry.numel,
-                                          offset=image.data_offset + entry.begin).reshape(entry.shape)
-            out[name] = self._placement.move(tensor, image.devices.get(name, "cpu"))
+        for run in _dtype_runs(image.in_data_order):
+            dtype = dtypes[run[0].dtype.torch_name]
+            self._build_run(image, base, dtype, run, out)
+        # Tensors are built on the CPU; only those whose saved location maps
+        # elsewhere move (checked per distinct location, not per tensor).
+        devices = image.devices
+        moving = {saved for saved in set(devices.values()) | {"cpu"}
+                  if self._placement.target(saved).type != "cpu"}
+        if moving:
+            for name in out:
+                saved = devices.get(name, "cpu")
+                if saved in moving:
+                    out[name] = self._placement.move(out[name], saved)
         return out
+
+    def _build_run(self, image, base, dtype, run, out):
+        """Tensors for consecutive entries of one dtype: one typed view of their bytes, split."""
+        size = run[0].dtype.size
+        begin, end = run[0].begin, run[-1].end
+        if begin == end:  # nothing but empty tensors: no bytes to share
+            for entry in run:
+                out[entry.name] = self._torch.empty(entry.shape, dtype=dtype)
+            return
+        if begin % size != 0:
+            # view(dtype) needs the offset to be a multiple of the element size;
+            # picklejail aligns every dtype except complex128 (sorted as F64).
+            for entry in run:
+                out[entry.name] = self._torch.frombuffer(
+                    image.buffer, dtype=dtype, count=entry.numel,
+                    offset=image.data_offset + entry.begin).reshape(entry.shape)
+            return
+        pieces = base[begin:end].view(dtype).split([(e.end - e.begin) // size for e in run])
+        for entry, piece in zip(run, pieces):
+            out[entry.name] = piece if len(entry.shape) == 1 else piece.view(entry.shape)
 
     def tensor(self, tensor, node, shared):
         torch = self._torch
@@ -158,12 +176,15 @@ class TorchBuilder:
         return self._torch.Size(items)
 
 
-def _contiguous_strides(shape):
-    strides, step = [], 1
-    for d in reversed(shape):
-        strides.append(step)
-        step *= max(d, 1)
-    return tuple(reversed(strides))
+def _dtype_runs(entries):
+    """Split entries (in data order) into runs of consecutive entries of one dtype."""
+    runs = []
+    for entry in entries:
+        if runs and runs[-1][-1].dtype is entry.dtype:
+            runs[-1].append(entry)
+        else:
+            runs.append([entry])
+    return runs
 
 
 class Placement:
@@ -226,5 +247,6 @@ class Placement:
         return str(device)
 
     def move(self, tensor, saved):
+        """`tensor` (built on the CPU) where the saved location `saved` maps to."""
         target = self.target(saved)
-        return tensor if tensor.device == target else tensor.to(target)
+        return tensor if target.type == "cpu" else tensor.to(target)

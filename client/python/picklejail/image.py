@@ -35,21 +35,26 @@ def _fail(message):
     raise Malformed("malformed", message)
 
 
-@dataclass(frozen=True)
 class TensorEntry:
-    """One stored tensor: where its bytes are in the data section and how to view them."""
-    name: str
-    dtype: Any     # a dtypes.DType; dtypes.COMPLEX128 for complex128 tensors
-    shape: tuple   # the tensor's shape (complex128: without the stored trailing 2)
-    begin: int     # byte offsets within the data section
-    end: int
+    """One stored tensor: where its bytes are in the data section and how to view them.
 
-    @property
-    def numel(self):
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+    A slotted class rather than a frozen dataclass: one is made per tensor, and
+    a frozen dataclass's __init__ costs three times as much.
+    """
+
+    __slots__ = ("name", "dtype", "shape", "begin", "end", "numel")
+
+    def __init__(self, name, dtype, shape, begin, end, numel):
+        self.name = name    # the stored name
+        self.dtype = dtype  # a dtypes.DType; dtypes.COMPLEX128 for complex128 tensors
+        self.shape = shape  # a tuple (complex128: without the stored trailing 2)
+        self.begin = begin  # byte offsets within the data section
+        self.end = end
+        self.numel = numel  # elements of dtype
+
+    def __repr__(self):
+        return (f"TensorEntry({self.name!r}, {self.dtype.name}, {self.shape}, "
+                f"{self.begin}..{self.end})")
 
 
 @dataclass
@@ -59,6 +64,7 @@ class Image:
     data_offset: int       # where the data section starts in `buffer`
     data_size: int
     tensors: dict          # stored name -> TensorEntry, in header order
+    in_data_order: list    # the same entries by position in the data section
     aliases: dict          # alias name -> stored name
     metadata: dict         # the whole __metadata__
     description: Any       # the parsed picklejail.object tree
@@ -103,7 +109,7 @@ def strict_json(text, what, *, unique_keys=True):
     The header and the object description are parsed without the per-object hook,
     which costs a Python call per object (most of the time for files with many
     tensors): a repeated tensor name in the header leaves a hole in the data
-    section, which _check_coverage refuses, and a repeated key inside a description
+    section, which _data_order refuses, and a repeated key inside a description
     node can only point at tensors that are checked like any other.
     """
     hook = _unique_keys if unique_keys else None
@@ -174,19 +180,28 @@ def _tensor_entry(name, info, data_size):
               f"({data_size} bytes)")
     if end - begin != numel * dtype.size:
         _fail(f"tensor {name!r}: {end - begin} bytes for {dtype.name}{list(shape)}")
-    return TensorEntry(name, dtype, tuple(shape), begin, end)
+    return TensorEntry(name, dtype, tuple(shape), begin, end, numel)
 
 
-def _check_coverage(tensors, data_size):
-    # Contiguous, no overlap, no hole, nothing after the last tensor.
+def _data_order(tensors, data_size):
+    """The entries in data-section order, checked to cover it exactly.
+
+    Contiguous, no overlap, no hole, nothing after the last tensor. Writers put
+    the header in data order, so the sort is usually skipped.
+    """
+    entries = list(tensors.values())
+    if any(a.begin > b.begin or (a.begin == b.begin and a.end > b.end)
+           for a, b in zip(entries, entries[1:])):
+        entries.sort(key=lambda e: (e.begin, e.end))
     position = 0
-    for entry in sorted(tensors.values(), key=lambda e: (e.begin, e.end)):
+    for entry in entries:
         if entry.begin != position:
             _fail(f"tensor {entry.name!r} starts at {entry.begin}, expected {position} "
                   "(hole or overlap in the data section)")
         position = entry.end
     if position != data_size:
         _fail(f"{data_size - position} bytes after the last tensor")
+    return entries
 
 
 def _split_metadata(metadata, tensors):
@@ -219,7 +234,8 @@ def _apply_complex128(metadata, tensors):
             _fail(f"{META_COMPLEX128} names {name!r}, which the image does not hold")
         if entry.dtype.name != "F64" or not entry.shape or entry.shape[-1] != 2:
             _fail(f"complex128 tensor {name!r} is not stored as F64 with a trailing 2")
-        tensors[name] = TensorEntry(name, COMPLEX128, entry.shape[:-1], entry.begin, entry.end)
+        tensors[name] = TensorEntry(name, COMPLEX128, entry.shape[:-1], entry.begin, entry.end,
+                                    entry.numel // 2)
 
 
 def _index_description(description, tensors, aliases, select):
@@ -236,14 +252,23 @@ def _index_description(description, tensors, aliases, select):
             _fail(f"tensor {node['tensor']!r} is described as {node['dtype']} but stored as "
                   f"{tensors[stored].dtype.torch_name}")
 
-    stack = [description]
-    while stack:  # iterative: the tree may be deep
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-        elif isinstance(node, dict) and "tensor" in node:
+    # Iterative (the tree may be deep), with exact type checks: json.loads makes
+    # only dict, list, str, int, float, bool and None, and this loop runs once
+    # per node of a description that may hold a million tensors.
+    stack = [description] if type(description) in (dict, list) else []
+    pop, push = stack.pop, stack.append
+    while stack:
+        node = pop()
+        if type(node) is list:
+            for item in node:
+                if type(item) is dict or type(item) is list:
+                    push(item)
+        elif "tensor" not in node:  # a dict: a container or scalar node
+            for item in node.values():
+                if type(item) is dict or type(item) is list:
+                    push(item)
+        else:
             name, ident, dtype = node.get("tensor"), node.get("id"), node.get("dtype")
-            # Hot for files with many tensors: exact type checks, few lookups.
             if type(name) is not str or type(ident) is not int or ident < 0 or \
                     dtype not in STORED_AS:
                 _fail(f"bad tensor node {json.dumps(node)[:200]}")
@@ -263,8 +288,6 @@ def _index_description(description, tensors, aliases, select):
                 _fail(f"tensor id {ident} denotes both {tensor_ids[ident]!r} and {stored!r}")
             if stored not in devices:
                 devices[stored] = node.get("device", "cpu")
-        elif isinstance(node, dict):
-            stack.extend(node.values())
 
     for node in unresolved:
         stored = tensor_ids.get(node["id"])
@@ -286,13 +309,13 @@ def parse_image(buffer, size, *, select=None):
     data_size = size - data_offset
     metadata = header.pop("__metadata__", {})
     tensors = {name: _tensor_entry(name, info, data_size) for name, info in header.items()}
-    _check_coverage(tensors, data_size)
     aliases = _split_metadata(metadata, tensors)
     _apply_complex128(metadata, tensors)
+    in_data_order = _data_order(tensors, data_size)
     if META_OBJECT not in metadata:
         _fail(f"__metadata__ has no {META_OBJECT} description")
     description = strict_json(metadata[META_OBJECT], META_OBJECT, unique_keys=False)
     tensor_ids, devices = _index_description(description, tensors, aliases, select)
     return Image(buffer=buffer, data_offset=data_offset, data_size=data_size, tensors=tensors,
-                 aliases=aliases, metadata=metadata, description=description,
+                 in_data_order=in_data_order, aliases=aliases, metadata=metadata, description=description,
                  tensor_ids=tensor_ids, devices=devices, source_format=metadata.get(META_SOURCE))
