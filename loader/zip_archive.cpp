@@ -107,6 +107,19 @@ std::uint32_t le16(std::span<const std::byte> bytes, std::uint64_t at) {
            (std::to_integer<std::uint32_t>(bytes[at + 1]) << 8);
 }
 
+std::uint32_t le32(std::span<const std::byte> bytes, std::uint64_t at) {
+    return le16(bytes, at) | (le16(bytes, at + 2) << 16);
+}
+
+std::uint64_t le64(std::span<const std::byte> bytes, std::uint64_t at) {
+    return le32(bytes, at) | (std::uint64_t{le32(bytes, at + 4)} << 32);
+}
+
+constexpr std::uint32_t kCentralRecordSize = 46;
+constexpr std::uint32_t kZip64Marker = 0xFFFFFFFF;
+constexpr std::uint32_t kZip64ExtraTag = 0x0001;
+constexpr std::uint32_t kDataDescriptorFlag = 0x0008;
+
 // A deflated entry may not claim more than max_inflate_ratio × its compressed
 // size. Checked when the directory is read, before any buffer of the claimed
 // size is allocated, and again when inflating.
@@ -211,10 +224,12 @@ void ZipArchive::read_directory() {
                     " compressed bytes, more than the whole file");
         }
         if (entry.method == Z_DEFLATED) check_inflate_ratio(entry, limits_);
+        entry.crc = static_cast<std::uint32_t>(file_info.crc);
         unz64_file_pos pos{};
         unzGetFilePos64(zip, &pos);
         entry.directory_position = pos.pos_in_zip_directory;
         entry.directory_index = pos.num_of_file;
+        entry.local_header = local_header_offset(entry, unzGetOffset64(zip));
         entries_.push_back(std::move(entry));
     }
     if (entries_.empty()) bad_zip("archive is empty");
@@ -240,46 +255,105 @@ const ZipEntry* ZipArchive::find(std::string_view relative_name) const {
     return it == by_relative_name_.end() ? nullptr : &entries_[it->second];
 }
 
+// minizip parsed the central record but does not say where the entry's local
+// header is; it is the record's offset field, or with ZIP64 the offset in the
+// record's ZIP64 extra field (after the sizes that overflowed 32 bits).
+std::uint64_t ZipArchive::local_header_offset(const ZipEntry& entry,
+                                              std::uint64_t directory_record) const {
+    static constexpr unsigned char kCentral[4] = {'P', 'K', 1, 2};
+    if (directory_record > bytes_.size() ||
+        bytes_.size() - directory_record < kCentralRecordSize + entry.name.size() ||
+        std::memcmp(bytes_.data() + directory_record, kCentral, 4) != 0 ||
+        le16(bytes_, directory_record + 28) != entry.name.size() ||
+        std::memcmp(bytes_.data() + directory_record + kCentralRecordSize, entry.name.data(),
+                    entry.name.size()) != 0) {
+        bad_zip(
+            "the central directory is not where the end record places it "
+            "(data before the archive?)");
+    }
+    const std::uint32_t offset32 = le32(bytes_, directory_record + 42);
+    if (offset32 != kZip64Marker) return offset32;
+    // ZIP64: walk the extra field's (tag, size, data) blocks.
+    const std::uint64_t extra_length = le16(bytes_, directory_record + 30);
+    std::uint64_t at = directory_record + kCentralRecordSize + entry.name.size();
+    const std::uint64_t extra_end = at + extra_length;
+    if (extra_end > bytes_.size()) bad_zip("entry \"" + entry.name + "\" has a cut extra field");
+    while (at + 4 <= extra_end) {
+        const std::uint32_t tag = le16(bytes_, at);
+        const std::uint64_t size = le16(bytes_, at + 2);
+        if (at + 4 + size > extra_end) break;
+        if (tag == kZip64ExtraTag) {
+            std::uint64_t field = at + 4;
+            if (le32(bytes_, directory_record + 24) == kZip64Marker) field += 8;  // uncompressed
+            if (le32(bytes_, directory_record + 20) == kZip64Marker) field += 8;  // compressed
+            if (field + 8 > at + 4 + size) break;
+            return le64(bytes_, field);
+        }
+        at += 4 + size;
+    }
+    bad_zip("entry \"" + entry.name + "\" has no ZIP64 local header offset");
+}
+
+// The checks minizip's unzOpenCurrentFile makes (signature, method, name
+// length, and CRC and sizes unless a data descriptor holds them), plus what it
+// does not compare: the name bytes and the flags (CVE-2025-1944/1945: a reader
+// keyed on local headers would see another file).
+std::uint64_t ZipArchive::data_start(const ZipEntry& entry) const {
+    static constexpr unsigned char kLocal[4] = {'P', 'K', 3, 4};
+    const std::uint64_t at = entry.local_header;
+    if (at > bytes_.size() || bytes_.size() - at < kLocalHeaderSize + entry.name.size() ||
+        std::memcmp(bytes_.data() + at, kLocal, 4) != 0) {
+        bad_zip("local header of \"" + entry.name + "\" is missing or out of place");
+    }
+    const std::uint32_t local_flags = le16(bytes_, at + 6);
+    try {
+        check_flags(entry.name, local_flags, "local header");
+    } catch (const Error&) {
+        throw Error(ErrorCode::malformed, "zip archive: local header of \"" + entry.name +
+                                              "\" sets flags " + hex16(local_flags) +
+                                              " that the central directory does not");
+    }
+    const auto mismatch = [&](const std::string& what) {
+        bad_zip("local header of \"" + entry.name + "\" does not match the central directory (" +
+                what + ")");
+    };
+    if (le16(bytes_, at + 8) != entry.method) mismatch("compression method");
+    if ((local_flags & kDataDescriptorFlag) == 0) {
+        if (le32(bytes_, at + 14) != entry.crc) mismatch("CRC");
+        const std::uint32_t compressed = le32(bytes_, at + 18);
+        const std::uint32_t uncompressed = le32(bytes_, at + 22);
+        if (compressed != kZip64Marker && compressed != entry.compressed_size)
+            mismatch("compressed size");
+        if (uncompressed != kZip64Marker && uncompressed != entry.uncompressed_size)
+            mismatch("uncompressed size");
+    }
+    if (le16(bytes_, at + 26) != entry.name.size()) mismatch("name length");
+    if (std::memcmp(bytes_.data() + at + kLocalHeaderSize, entry.name.data(), entry.name.size()) !=
+        0) {
+        bad_zip("local header of \"" + entry.name +
+                "\" names another file than the central directory does");
+    }
+    const std::uint64_t start = at + kLocalHeaderSize + entry.name.size() + le16(bytes_, at + 28);
+    if (start > bytes_.size()) bad_zip("local header of \"" + entry.name + "\" runs past the end");
+    return start;
+}
+
+// For inflating through minizip: the same local header checks as a stored
+// entry gets, then minizip's own open, which must agree on where the data is.
 void ZipArchive::open_entry(const ZipEntry& entry) {
+    const std::uint64_t start = data_start(entry);
     auto* zip = static_cast<unzFile>(handle_);
     const unz64_file_pos pos{entry.directory_position, entry.directory_index};
     if (unzGoToFilePos64(zip, &pos) != UNZ_OK)
         bad_zip("cannot seek to entry \"" + entry.name + "\"");
-    // minizip checks the local header against the central directory here:
-    // method, name length, and CRC and sizes unless a data descriptor holds them.
     if (const int rc = unzOpenCurrentFile(zip); rc != UNZ_OK) {
         bad_zip("local header of \"" + entry.name +
                 "\" does not match the central directory (minizip error " + std::to_string(rc) +
                 ")");
     }
-    // It does not compare the name bytes or the flags (CVE-2025-1944/1945: a
-    // reader keyed on local headers would see another file). The local header
-    // sits right before the data: 30 bytes, the name, the local extra field.
-    const std::uint64_t data_start = unzGetCurrentFileZStreamPos64(zip);
-    const int extra = unzGetLocalExtrafield(zip, nullptr, 0);
-    const std::uint64_t header_bytes =
-        kLocalHeaderSize + entry.name.size() + static_cast<std::uint64_t>(std::max(extra, 0));
-    if (extra < 0 || data_start < header_bytes || data_start > bytes_.size()) {
+    if (unzGetCurrentFileZStreamPos64(zip) != start) {
         unzCloseCurrentFile(zip);
-        bad_zip("local header of \"" + entry.name + "\" is out of place");
-    }
-    const std::uint64_t header = data_start - header_bytes;
-    static constexpr unsigned char kLocal[4] = {'P', 'K', 3, 4};
-    const auto name_bytes = bytes_.subspan(header + kLocalHeaderSize, entry.name.size());
-    if (std::memcmp(bytes_.data() + header, kLocal, 4) != 0 ||
-        std::memcmp(name_bytes.data(), entry.name.data(), entry.name.size()) != 0) {
-        unzCloseCurrentFile(zip);
-        bad_zip("local header of \"" + entry.name +
-                "\" names another file than the central directory does");
-    }
-    const std::uint32_t local_flags = le16(bytes_, header + 6);
-    try {
-        check_flags(entry.name, local_flags, "local header");
-    } catch (const Error&) {
-        unzCloseCurrentFile(zip);
-        throw Error(ErrorCode::malformed, "zip archive: local header of \"" + entry.name +
-                                              "\" sets flags " + hex16(local_flags) +
-                                              " that the central directory does not");
+        bad_zip("minizip places the data of \"" + entry.name + "\" elsewhere");
     }
 }
 
@@ -289,10 +363,8 @@ std::span<const std::byte> ZipArchive::stored_bytes(const ZipEntry& entry) {
         bad_zip("stored entry \"" + entry.name +
                 "\" has different compressed and uncompressed sizes");
     }
-    open_entry(entry);
-    auto* zip = static_cast<unzFile>(handle_);
-    const std::uint64_t start = unzGetCurrentFileZStreamPos64(zip);
-    unzCloseCurrentFile(zip);  // a CRC mismatch is tolerated: torch does not require CRCs
+    // A CRC mismatch in the data is tolerated: torch does not check CRCs.
+    const std::uint64_t start = data_start(entry);
     const std::uint64_t end = checked_add(start, entry.uncompressed_size, "zip entry end");
     if (end > bytes_.size()) bad_zip("entry \"" + entry.name + "\" runs past the end of the file");
     return bytes_.subspan(start, entry.uncompressed_size);

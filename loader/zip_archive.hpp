@@ -21,8 +21,10 @@ struct ZipEntry {
     std::uint64_t compressed_size = 0;
     std::uint64_t uncompressed_size = 0;
     std::uint16_t method = 0;  // 0 stored, 8 deflated
+    std::uint32_t crc = 0;
     std::uint64_t directory_position = 0;
     std::uint64_t directory_index = 0;
+    std::uint64_t local_header = 0;  // file offset of the entry's local header
 };
 
 class ZipArchive {
@@ -46,6 +48,10 @@ class ZipArchive {
   private:
     struct MemoryStream;
     void read_directory();
+    [[nodiscard]] std::uint64_t local_header_offset(const ZipEntry& entry,
+                                                    std::uint64_t directory_record) const;
+    // Checks the local header against the directory; returns where the data starts.
+    [[nodiscard]] std::uint64_t data_start(const ZipEntry& entry) const;
     void open_entry(const ZipEntry& entry);
 
     std::span<const std::byte> bytes_;

@@ -150,7 +150,7 @@ void silence_allocator() {
     mi_register_output([](const char*, void*) {}, nullptr);
     // The default handler may abort(); returning lets malloc return null.
     mi_register_error([](int, void*) {}, nullptr);
-    mi_option_set(mi_option_large_os_pages, 1);
+    mi_option_set(mi_option_large_os_pages, 0);
 #endif
 }
 
