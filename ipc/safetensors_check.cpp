@@ -9,7 +9,6 @@
 #include <new>
 #include <nlohmann/json.hpp>
 #include <tuple>
-#include <unordered_set>
 #include <utility>
 
 #include "common/error.hpp"
@@ -206,7 +205,7 @@ class HeaderHandler final : public nlohmann::json_sax<Json> {
     unsigned fields_seen_ = 0;
     std::size_t offsets_seen_ = 0;
     TensorEntry current_;
-    std::unordered_set<std::string> top_keys_;
+    bool metadata_seen_ = false;
     std::vector<TensorEntry> tensors_;
     std::map<std::string, std::string> metadata_;
 };
@@ -336,13 +335,14 @@ bool HeaderHandler::key(string_t& name) {
 }
 
 // A top-level key names a tensor or is __metadata__; both must be unique.
+// (Repeated tensor names are found by check_unique_names once all are read.)
 void HeaderHandler::top_level_key(const std::string& name) {
-    if (!top_keys_.insert(name).second) {
-        fail(name == kMetadataKey ? std::string("duplicate \"__metadata__\" key")
-                                  : "duplicate tensor name " + quote(name));
-    }
     value_is_metadata_ = name == kMetadataKey;
-    if (value_is_metadata_) return;
+    if (value_is_metadata_) {
+        if (metadata_seen_) fail("duplicate \"__metadata__\" key");
+        metadata_seen_ = true;
+        return;
+    }
     if (name.size() > limits_.max_name_bytes) {
         too_large("tensor name " + quote(name) + " exceeds the limit of " +
                   std::to_string(limits_.max_name_bytes) + " bytes");
@@ -492,9 +492,9 @@ void parse_header(std::string_view header, const CheckLimits& limits, Safetensor
 // where the previous one ended (the first at 0), so bytes are never shared.
 void check_placement(const TensorEntry& tensor, const TensorEntry* previous,
                      std::uint64_t expected_begin) {
+    if (tensor.end >= tensor.begin && tensor.begin == expected_begin) return;
     const std::string label = tensor_label(tensor.name) + format_offsets(tensor);
     if (tensor.end < tensor.begin) fail(label + " end before they begin");
-    if (tensor.begin == expected_begin) return;
     if (previous == nullptr) fail(label + " leave a hole: the first tensor must begin at 0");
     const std::string other =
         " tensor " + quote(previous->name) + ", which ends at " + std::to_string(expected_begin);
@@ -503,19 +503,22 @@ void check_placement(const TensorEntry& tensor, const TensorEntry* previous,
 
 // Reference ValidationOverflow / MisalignedSlice / TensorInvalidInfo.
 void check_byte_size(const TensorEntry& tensor) {
-    const std::string label = tensor_label(tensor.name) + "dtype " + tensor.dtype + " shape " +
-                              format_shape(tensor.shape);
+    // Built only for a message: this runs once per tensor of every image.
+    const auto label = [&tensor] {
+        return tensor_label(tensor.name) + "dtype " + tensor.dtype + " shape " +
+               format_shape(tensor.shape);
+    };
     std::uint64_t elements = 1;
     for (const std::uint64_t dim : tensor.shape) {
         if (!checked_mul(elements, dim, elements))
-            fail(label + ": element count overflows 64 bits");
+            fail(label() + ": element count overflows 64 bits");
     }
     std::uint64_t bits = 0;
     if (!checked_mul(elements, dtype_bits(tensor.dtype), bits)) {
-        fail(label + ": size in bits overflows 64 bits");
+        fail(label() + ": size in bits overflows 64 bits");
     }
     if (bits % 8 != 0) {
-        fail(label + " holds " + std::to_string(bits) + " bits, not a whole number of bytes");
+        fail(label() + " holds " + std::to_string(bits) + " bits, not a whole number of bytes");
     }
     const std::uint64_t held = tensor.end - tensor.begin;
     if (held != bits / 8) {
@@ -523,6 +526,16 @@ void check_byte_size(const TensorEntry& tensor) {
              " bytes but dtype " + tensor.dtype + " shape " + format_shape(tensor.shape) +
              " needs " + std::to_string(bits / 8));
     }
+}
+
+// Any tensor name twice is refused (the reference parser keeps the last one).
+void check_unique_names(const std::vector<TensorEntry>& tensors) {
+    std::vector<std::string_view> names;
+    names.reserve(tensors.size());
+    for (const auto& tensor : tensors) names.emplace_back(tensor.name);
+    std::sort(names.begin(), names.end());
+    if (const auto twice = std::adjacent_find(names.begin(), names.end()); twice != names.end())
+        fail("duplicate tensor name " + quote(*twice));
 }
 
 // Sorts by offsets and checks that the tensors tile the data section exactly.
@@ -562,6 +575,7 @@ SafetensorsIndex check_safetensors(std::span<const std::byte> image, const Check
     const std::string_view header = locate_header(image, limits, index);
     check_header_bytes(header);
     parse_header(header, limits, index);
+    check_unique_names(index.tensors);
     check_layout(index.tensors, static_cast<std::uint64_t>(image.size()) - index.data_offset);
     return index;
 }
