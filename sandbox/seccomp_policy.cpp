@@ -72,6 +72,10 @@ SeccompFilter SeccompFilter::worker_policy() {
     filter.context_->ctx = ctx;
     seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS);
     seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 1);
+    // Every thread at once (the worker's copy thread, started before the
+    // filter: it has no clone); the load fails if one cannot be synced.
+    if (seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1) != 0)
+        throw Error(ErrorCode::internal, "seccomp: thread synchronisation is unavailable");
 
     // Input: read/pread on fd 3 only (it is mapped before the filter loads).
     allow_on_fd(ctx, SCMP_SYS(read), kInputFd);

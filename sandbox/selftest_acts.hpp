@@ -7,9 +7,20 @@
 
 namespace picklejail::sandbox {
 
-inline constexpr std::array<std::string_view, 10> kSelftestActs{
-    "open_file", "socket_connect", "execve", "fork",        "ptrace",
-    "kill",      "mprotect_exec",  "int80",  "x32_syscall", "write_foreign_fd",
+// "copy_thread_open_file" is open_file attempted from the worker's copy
+// thread (worker_main.cpp), which must be confined like the main thread.
+inline constexpr std::array<std::string_view, 11> kSelftestActs{
+    "open_file",
+    "socket_connect",
+    "execve",
+    "fork",
+    "ptrace",
+    "kill",
+    "mprotect_exec",
+    "int80",
+    "x32_syscall",
+    "write_foreign_fd",
+    "copy_thread_open_file",
 };
 
 // Attempts the act; returns only if the kernel let it through (or it failed

@@ -14,6 +14,7 @@
 #include <map>
 #include <new>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 
 #include "common/error.hpp"
@@ -21,6 +22,7 @@
 #include "ipc/result_record.hpp"
 #include "loader/checkpoint_loader.hpp"
 #include "sandbox/confine.hpp"
+#include "sandbox/copy_thread.hpp"
 #include "sandbox/image_writer.hpp"
 #include "sandbox/seccomp_policy.hpp"
 #include "sandbox/selftest_acts.hpp"
@@ -33,6 +35,9 @@ using picklejail::ErrorCode;
 namespace sandbox = picklejail::sandbox;
 namespace loader = picklejail::loader;
 namespace ipc = picklejail::ipc;
+
+// Inputs smaller than this convert too quickly for a second thread to pay.
+constexpr std::uint64_t kCopyThreadMinInput = std::uint64_t{32} << 20;
 
 struct WorkerArgs {
     std::string policy_json;
@@ -113,7 +118,7 @@ void confine(const WorkerArgs& args, sandbox::SeccompFilter& filter) {
     filter.load();
 }
 
-[[noreturn]] void convert(const WorkerArgs& args) {
+[[noreturn]] void convert(const WorkerArgs& args, std::optional<sandbox::CopyThread>& helper) {
     const auto policy = loader::Policy::from_json(args.policy_json);
     const auto limits =
         args.limits_json.empty() ? loader::Limits{} : loader::limits_from_json(args.limits_json);
@@ -122,10 +127,14 @@ void confine(const WorkerArgs& args, sandbox::SeccompFilter& filter) {
     // Mapping is not reading: the pages are touched only after confinement.
     const auto input_size = ipc::regular_file_size(sandbox::kInputFd, "input");
     const auto input = ipc::map_read_only(sandbox::kInputFd, input_size, "input");
+    // Started before confinement, which it shares (copy_thread.hpp); only an
+    // input big enough to have a big copy gets one.
+    if (input_size >= kCopyThreadMinInput) helper.emplace();
     confine(args, filter);
 
     const auto conversion = loader::Conversion::plan(input.bytes(), policy, limits, select);
-    (void)sandbox::write_image(conversion, sandbox::kInputFd, input.bytes(), sandbox::kOutputFd);
+    (void)sandbox::write_image(conversion, sandbox::kInputFd, input.bytes(), sandbox::kOutputFd,
+                               helper ? &*helper : nullptr);
     send_result(ipc::make_result(ErrorCode::ok, "", conversion.output_size(),
                                  conversion.layout().tensors().size()));
     // Done: the kernel frees the address space at once, where destroying the
@@ -135,10 +144,19 @@ void confine(const WorkerArgs& args, sandbox::SeccompFilter& filter) {
     ::_exit(0);
 }
 
-int selftest(const WorkerArgs& args) {
+// Every act runs with a copy thread present, so the filter's TSYNC is in
+// play; "copy_thread_open_file" makes the attempt from that thread.
+int selftest(const WorkerArgs& args, std::optional<sandbox::CopyThread>& helper) {
     auto filter = sandbox::SeccompFilter::worker_policy();
+    helper.emplace();
     confine(args, filter);
-    const auto outcome = sandbox::attempt_forbidden_act(args.selftest);
+    std::string_view outcome;
+    if (args.selftest == "copy_thread_open_file") {
+        helper->start([&outcome] { outcome = sandbox::attempt_forbidden_act("open_file"); });
+        helper->wait();
+    } else {
+        outcome = sandbox::attempt_forbidden_act(args.selftest);
+    }
     send_result(ipc::make_result(ErrorCode::ok, "NOT STOPPED: " + std::string(outcome)));
     return 0;
 }
@@ -170,14 +188,18 @@ extern "C" const char* __asan_default_options() {
 
 int main(int argc, char** argv) {
     int status = 1;
+    // Declared outside the try so no unwinding destroys it: the process ends
+    // in _exit, and a thread's own exit makes calls the filter refuses
+    // (rt_sigprocmask, rseq).
+    std::optional<sandbox::CopyThread> helper;
     try {
         silence_allocator();
         sandbox::install_violation_reporter();
         const WorkerArgs args = parse_args(argc, argv);
         sandbox::bind_to_parent(args.confine.expected_parent);
         sandbox::close_extra_fds();
-        if (args.selftest.empty()) convert(args);
-        status = selftest(args);
+        if (args.selftest.empty()) convert(args, helper);
+        status = selftest(args, helper);
     } catch (const Error& e) {
         ErrorCode code = e.code();
         if (code == ErrorCode::io_error &&

@@ -20,7 +20,7 @@ int run_selftest() {
             const auto result = sandbox::run_worker(scratch_in.get(), scratch_out.get(), options);
             const bool stopped = result.status == ErrorCode::sandbox_violation;
             if (!stopped) ++not_stopped;
-            std::printf("%-18s %s: %s\n", std::string(act).c_str(),
+            std::printf("%-22s %s: %s\n", std::string(act).c_str(),
                         stopped ? "stopped" : "NOT STOPPED", sandbox::describe(result).c_str());
         }
     });

@@ -172,8 +172,21 @@ def list_top():
     return [torch.ones(2), (torch.zeros(3), {"k": torch.eye(2)}), [torch.arange(3)]]
 
 
+def large_state_dict():
+    """About 48 MB: enough verbatim bytes that the worker's copy thread takes a share
+    (split at a page boundary inside a tensor), with views from inside storages."""
+    g = torch.Generator().manual_seed(4)
+    big = torch.randn(4_000_001, generator=g)  # odd length: later tensors start unaligned
+    wide = torch.randn(1024, 4096, generator=g)
+    return {"big": big, "small": torch.randn(10, generator=g), "wide": wide,
+            "inner": big[12_345:2_012_345], "rows": wide[100:900], "wide_t": wide.t(),
+            "square": torch.randn(2048, 2048, generator=g).to(torch.float64)}
+
+
 # name -> (builder, torch.save keyword arguments)
 CASES = {
+    "large_parallel_copy": (large_state_dict, {}),
+    "large_legacy_format": (large_state_dict, {"_use_new_zipfile_serialization": False}),
     "mixed_dtypes": (mixed_dtypes, {}),
     "views": (views, {}),
     "training_checkpoint": (training_checkpoint, {}),

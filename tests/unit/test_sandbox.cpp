@@ -144,6 +144,7 @@ TEST_CASE("sandbox: the memory cap ends a hungry worker", "[sandbox]") {
     auto options = base_options();
     options.memory_bytes = 256ULL << 20;
     const auto result = run_act("exhaust_memory", options);
+    INFO(sandbox::describe(result));
     CHECK(result.status == ErrorCode::resource_exceeded);
     CHECK_FALSE(has_children());
 }
