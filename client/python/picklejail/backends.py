@@ -145,6 +145,8 @@ class TorchBuilder:
             out[entry.name] = piece if len(entry.shape) == 1 else piece.view(entry.shape)
 
     def tensor(self, tensor, node, shared):
+        if not shared and len(node) == 3:  # {"tensor", "id", "dtype"}: no flags to apply
+            return tensor
         torch = self._torch
         if shared:  # another pickled tensor object over the same bytes
             tensor = tensor.detach()

@@ -124,22 +124,31 @@ class _Rebuilder:
         return [self.value(item) for item in nodes]
 
     def _pairs(self, pairs):
-        if not isinstance(pairs, list):
+        # Runs once per entry of every dict (a state dict: once per tensor), so
+        # the common entry, a string key and a tensor node, takes a short path;
+        # json.loads makes only exact dicts, lists and strs, hence `type(...) is`.
+        if type(pairs) is not list:
             _fail("a mapping node does not hold a list of pairs")
+        tensor = self._tensor
         for pair in pairs:
-            if not (isinstance(pair, list) and len(pair) == 2):
+            if type(pair) is not list or len(pair) != 2:
                 _fail("a mapping entry is not a [key, value] pair")
-            key = self.value(pair[0])
-            try:
-                hash(key)
-            except TypeError:
-                _fail(f"unhashable dict key of type {type(key).__name__}")
-            value = self.node(pair[1])
+            key, value = pair
+            if type(key) is not str:
+                key = self.value(key)
+                try:
+                    hash(key)
+                except TypeError:
+                    _fail(f"unhashable dict key of type {type(key).__name__}")
+            if type(value) is dict and "tensor" in value:
+                value = tensor(value["tensor"], value)
+            else:
+                value = self.node(value)
             if value is not _UNSELECTED:
                 yield key, value
 
     def _fill(self, mapping, pairs, node):
-        for key, value in self._pairs(pairs):
+        for key, value in self._pairs(pairs):  # not update(): Counter.update counts
             mapping[key] = value
         attrs = node.get("attrs")
         if attrs is not None:
