@@ -211,10 +211,14 @@ def main():
         picklejail.load(files["big"], socket=args.socket)
         entries = [json.loads(l) for l in args.audit_log.read_text().splitlines() if l.startswith("{")]
         last = [e for e in entries if e.get("event") == "request" and e.get("result") == "ok"][-1]
-        above = last["peak_rss_kib"] / 1024
-        numbers["big_worker_peak_rss_mib"] = above
-        rows.append(("worker peak RSS, 2 GB checkpoint", "", f"{above:.0f} MiB", "",
-                     "≤ 64 MiB above output", "met" if above <= 64 else "NOT met"))
+        # RSS counts every page the worker touched: its heap, the output pages
+        # it wrote through its mapping and the input pages it read through its
+        # mapping (page cache, shared). The target allows the output plus 64 MiB.
+        peak, output = last["peak_rss_kib"] / 1024, last["bytes"] / 2**20
+        numbers["big_worker_peak_rss_mib"], numbers["big_output_mib"] = peak, output
+        rows.append(("worker peak RSS, 2 GB checkpoint", "",
+                     f"{peak:.0f} MiB for a {output:.0f} MiB image", "",
+                     "≤ output + 64 MiB", "met" if peak <= output + 64 else "NOT met"))
 
     print("| benchmark | torch.load | picklejail | ratio | target | |")
     print("|---|---|---|---|---|---|")

@@ -3,11 +3,11 @@
 // sandbox. Inputs are named by $PICKLEJAIL_BENCH_LARGE (a big state dict)
 // and $PICKLEJAIL_BENCH_SMALL (many small tensors); scripts/bench makes them.
 #include <benchmark/benchmark.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
-#include <iterator>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -52,20 +52,29 @@ void convert(benchmark::State& state, const char* variable) {
     state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * tensors));
 }
 
-// The practical limit: reading the file's bytes once into memory.
+// The practical limit: reading the file's bytes once into memory, read(2)
+// into a buffer allocated (and faulted in) anew each time, as a loader's is.
 void read_file(benchmark::State& state, const char* variable) {
     const std::string path = env_path(variable);
     if (path.empty()) {
         state.SkipWithError((std::string(variable) + " is not set").c_str());
         return;
     }
-    std::vector<char> buffer;
-    std::size_t size = 0;
+    const auto fd = ipc::open_read_only(path);
+    const auto size = ipc::regular_file_size(fd.get(), path);
     for (auto _ : state) {
-        std::ifstream in(path, std::ios::binary);
-        buffer.assign(std::istreambuf_iterator<char>(in), {});
-        size = buffer.size();
-        benchmark::DoNotOptimize(buffer.data());
+        std::unique_ptr<char[]> buffer(new char[size]);
+        std::uint64_t done = 0;
+        while (done < size) {
+            const ssize_t n = ::pread(fd.get(), buffer.get() + done, size - done,
+                                      static_cast<off_t>(done));
+            if (n <= 0) {
+                state.SkipWithError("read failed");
+                return;
+            }
+            done += static_cast<std::uint64_t>(n);
+        }
+        benchmark::DoNotOptimize(buffer.get());
     }
     state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * size));
 }
