@@ -4,12 +4,12 @@
 #include <sys/sendfile.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <functional>
 #include <optional>
 #include <string>
-#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -26,6 +26,8 @@ constexpr std::uint64_t kMinSendfile = std::uint64_t{256} * 1024;
 // Below this the copy thread saves less than handing it work costs.
 constexpr std::uint64_t kMinParallelCopy = std::uint64_t{32} << 20;
 constexpr std::uint64_t kPage = 4096;
+// The unit of work the two threads share out.
+constexpr std::uint64_t kChunk = std::uint64_t{8} << 20;
 
 [[noreturn]] void io_fail(const char* what) {
     throw Error(ErrorCode::io_error, std::string(what) + ": " + std::strerror(errno));
@@ -61,39 +63,47 @@ struct Run {
     std::uint64_t length;
 };
 
-// The runs split where `keep` bytes are covered, at an output page boundary,
-// into the first part (this thread's) and the rest (the copy thread's).
-std::pair<std::vector<Run>, std::vector<Run>> split_runs(const std::vector<Run>& runs,
-                                                         std::uint64_t keep) {
-    std::pair<std::vector<Run>, std::vector<Run>> parts;
-    std::uint64_t covered = 0;
+// The runs cut into pieces of at most kChunk bytes, each cut at an output
+// page boundary, so two threads can share them out as they go.
+std::vector<Run> chunked(const std::vector<Run>& runs) {
+    std::vector<Run> chunks;
     for (const Run& run : runs) {
-        if (covered >= keep) {
-            parts.second.push_back(run);
-            continue;
+        for (std::uint64_t done = 0; done < run.length;) {
+            const std::uint64_t to = run.to + done;
+            const std::uint64_t end = (to + kChunk) / kPage * kPage;  // > to: kChunk > kPage
+            const std::uint64_t length = std::min(end - to, run.length - done);
+            chunks.push_back({run.from + done, to, length});
+            done += length;
         }
-        const std::uint64_t end = (run.to + (keep - covered) + kPage - 1) / kPage * kPage;
-        const std::uint64_t cut = std::min(end - run.to, run.length);
-        parts.first.push_back({run.from, run.to, cut});
-        if (cut < run.length)
-            parts.second.push_back({run.from + cut, run.to + cut, run.length - cut});
-        covered += cut;
     }
-    return parts;
+    return chunks;
 }
+
+// Hands out each chunk once, to whichever thread asks first: the faster way
+// (sendfile, or the mapping when the other core is free) ends up doing more.
+class ChunkQueue {
+  public:
+    explicit ChunkQueue(std::vector<Run> chunks) : chunks_(std::move(chunks)) {}
+    [[nodiscard]] const Run* take() noexcept {
+        const std::size_t i = next_.fetch_add(1, std::memory_order_relaxed);
+        return i < chunks_.size() ? &chunks_[i] : nullptr;
+    }
+
+  private:
+    std::vector<Run> chunks_;
+    std::atomic<std::size_t> next_{0};
+};
 
 // Fault the output pages in with one call (MADV_POPULATE_WRITE, Linux 5.14;
 // where it is missing the copy faults them one by one), then copy.
-void copy_through_mapping(const std::vector<Run>& runs, std::span<const std::byte> input,
+void copy_through_mapping(const Run& run, std::span<const std::byte> input,
                           std::span<std::byte> out) {
-    for (const Run& run : runs) {
-        const auto address = reinterpret_cast<std::uintptr_t>(out.data() + run.to);
-        const std::uintptr_t first = address / kPage * kPage;
-        const std::uintptr_t last = (address + run.length + kPage - 1) / kPage * kPage;
-        // NOLINTNEXTLINE(performance-no-int-to-ptr): the mapping's own pages
-        (void)::madvise(reinterpret_cast<void*>(first), last - first, MADV_POPULATE_WRITE);
-        std::memcpy(out.data() + run.to, input.data() + run.from, run.length);
-    }
+    const auto address = reinterpret_cast<std::uintptr_t>(out.data() + run.to);
+    const std::uintptr_t first = address / kPage * kPage;
+    const std::uintptr_t last = (address + run.length + kPage - 1) / kPage * kPage;
+    // NOLINTNEXTLINE(performance-no-int-to-ptr): the mapping's own pages
+    (void)::madvise(reinterpret_cast<void*>(first), last - first, MADV_POPULATE_WRITE);
+    std::memcpy(out.data() + run.to, input.data() + run.from, run.length);
 }
 
 }  // namespace
@@ -118,34 +128,30 @@ WriteStats write_image(const loader::Conversion& conversion, int input_fd,
             verbatim += length;
         }
     }
-    std::vector<Run> helper_runs;
-    if (helper != nullptr && verbatim >= kMinParallelCopy) {
-        // sendfile runs faster than faulting and copying through the mapping
-        // (measured on 2 cores: 3/5 here gave the shortest total).
-        std::tie(runs, helper_runs) = split_runs(runs, verbatim * 3 / 5);
-        helper->start(
-            [&helper_runs, input, out] { copy_through_mapping(helper_runs, input, out); });
+    ChunkQueue queue(chunked(runs));
+    const bool shared = helper != nullptr && verbatim >= kMinParallelCopy;
+    if (shared) {
+        helper->start([&queue, &stats, input, out] {
+            while (const Run* chunk = queue.take()) {
+                copy_through_mapping(*chunk, input, out);
+                stats.helper_bytes += chunk->length;  // read only after wait()
+            }
+        });
     }
     try {
         layout.write_header(out.first(layout.data_offset()));
-        for (std::size_t i = 0, next_run = 0; i < layout.tensors().size(); ++i) {
+        for (std::size_t i = 0; i < layout.tensors().size(); ++i) {
+            if (is_run[i]) continue;
             const auto& t = layout.tensors()[i];
-            const std::uint64_t at = layout.data_offset() + t.begin;
-            const std::uint64_t length = t.end - t.begin;
-            if (!is_run[i]) {
-                layout.write_tensor(i, out.subspan(at, length));
-                stats.written_bytes += length;
-                continue;
-            }
-            // This thread's share of the tensor, if any (runs are in output order).
-            for (; next_run < runs.size() && runs[next_run].to < at + length; ++next_run) {
-                const Run& run = runs[next_run];
-                send_range(input_fd, run.from, output_fd, run.to, run.length);
-                stats.sent_bytes += run.length;
-            }
+            layout.write_tensor(i, out.subspan(layout.data_offset() + t.begin, t.end - t.begin));
+            stats.written_bytes += t.end - t.begin;
+        }
+        while (const Run* chunk = queue.take()) {
+            send_range(input_fd, chunk->from, output_fd, chunk->to, chunk->length);
+            stats.sent_bytes += chunk->length;
         }
     } catch (...) {
-        if (!helper_runs.empty()) {
+        if (shared) {
             try {
                 helper->wait();  // it copies into `out`: never unmap it under the thread
             } catch (...) {      // NOLINT(bugprone-empty-catch): the first error is reported
@@ -153,10 +159,7 @@ WriteStats write_image(const loader::Conversion& conversion, int input_fd,
         }
         throw;
     }
-    if (!helper_runs.empty()) {
-        helper->wait();
-        for (const Run& run : helper_runs) stats.helper_bytes += run.length;
-    }
+    if (shared) helper->wait();
     return stats;
 }
 

@@ -2,9 +2,11 @@
 // bytes copied once. Runs of the input that are copied verbatim go through
 // sendfile (page cache to output, never through this process's memory);
 // the header and gathered or byte-swapped tensors are written through a
-// mapping of the output. With a CopyThread and enough verbatim bytes, the
-// thread copies two fifths of them through the mapping meanwhile (sendfile
-// into one memfd does not run in parallel: the kernel takes the inode lock).
+// mapping of the output. With a CopyThread and enough verbatim bytes, the two
+// threads share the verbatim bytes out in 8 MiB chunks: this one sends its
+// chunks with sendfile, the copy thread copies its own through the mapping
+// (sendfile into one memfd does not run in parallel: the kernel takes the
+// inode lock).
 #pragma once
 
 #include <cstdint>
