@@ -94,16 +94,32 @@ class ChunkQueue {
     std::atomic<std::size_t> next_{0};
 };
 
+// madvise over the whole pages that hold `bytes`.
+void advise_pages(const std::byte* data, std::uint64_t length, int advice) {
+    const auto address = reinterpret_cast<std::uintptr_t>(data);
+    const std::uintptr_t first = address / kPage * kPage;
+    const std::uintptr_t last = (address + length + kPage - 1) / kPage * kPage;
+    // NOLINTNEXTLINE(performance-no-int-to-ptr): pages of our own mappings
+    (void)::madvise(reinterpret_cast<void*>(first), last - first, advice);
+}
+
+// Unmaps pages of the input or output mapping from this process once they
+// are written or read; the data stays where it is (the memfd, the page
+// cache), since the output is a shared mapping and the input a read-only
+// one. The worker's resident set then holds a chunk at a time, not the
+// image. Never for heap memory, whose pages MADV_DONTNEED would discard.
+void release_mapped(const std::byte* data, std::uint64_t length) {
+    advise_pages(data, length, MADV_DONTNEED);
+}
+
 // Fault the output pages in with one call (MADV_POPULATE_WRITE, Linux 5.14;
-// where it is missing the copy faults them one by one), then copy.
+// where it is missing the copy faults them one by one), copy, let go.
 void copy_through_mapping(const Run& run, std::span<const std::byte> input,
                           std::span<std::byte> out) {
-    const auto address = reinterpret_cast<std::uintptr_t>(out.data() + run.to);
-    const std::uintptr_t first = address / kPage * kPage;
-    const std::uintptr_t last = (address + run.length + kPage - 1) / kPage * kPage;
-    // NOLINTNEXTLINE(performance-no-int-to-ptr): the mapping's own pages
-    (void)::madvise(reinterpret_cast<void*>(first), last - first, MADV_POPULATE_WRITE);
+    advise_pages(out.data() + run.to, run.length, MADV_POPULATE_WRITE);
     std::memcpy(out.data() + run.to, input.data() + run.from, run.length);
+    release_mapped(out.data() + run.to, run.length);
+    release_mapped(input.data() + run.from, run.length);
 }
 
 }  // namespace
@@ -143,8 +159,10 @@ WriteStats write_image(const loader::Conversion& conversion, int input_fd,
         for (std::size_t i = 0; i < layout.tensors().size(); ++i) {
             if (is_run[i]) continue;
             const auto& t = layout.tensors()[i];
-            layout.write_tensor(i, out.subspan(layout.data_offset() + t.begin, t.end - t.begin));
-            stats.written_bytes += t.end - t.begin;
+            const auto target = out.subspan(layout.data_offset() + t.begin, t.end - t.begin);
+            layout.write_tensor(i, target);
+            if (target.size() >= kChunk) release_mapped(target.data(), target.size());
+            stats.written_bytes += target.size();
         }
         while (const Run* chunk = queue.take()) {
             send_range(input_fd, chunk->from, output_fd, chunk->to, chunk->length);
