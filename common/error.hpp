@@ -75,11 +75,16 @@ enum class ErrorCode : std::uint8_t {
 // representations, only names and numbers we validated).
 class Error : public std::runtime_error {
   public:
-    Error(ErrorCode code, const std::string& message) : std::runtime_error(message), code_(code) {}
+    Error(ErrorCode code, const std::string& message)
+        : std::runtime_error(message), code_(code), message_(message) {}
     [[nodiscard]] ErrorCode code() const noexcept { return code_; }
+    // The whole message; what() is a C string and ends at the first NUL that
+    // a name quoted from the file may hold.
+    [[nodiscard]] const std::string& message() const noexcept { return message_; }
 
   private:
     ErrorCode code_;
+    std::string message_;
 };
 
 }  // namespace picklejail

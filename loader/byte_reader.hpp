@@ -15,9 +15,11 @@ namespace picklejail::loader {
 
 class ByteReader {
   public:
-    // `base` is added to positions in messages (the reader may view a slice).
-    explicit ByteReader(std::span<const std::byte> bytes, std::size_t base = 0)
-        : bytes_(bytes), base_(base) {}
+    // `base` is added to positions in messages (the reader may view a slice);
+    // `end` names where the slice ends, for messages.
+    explicit ByteReader(std::span<const std::byte> bytes, std::size_t base = 0,
+                        std::string_view end = "the data")
+        : bytes_(bytes), base_(base), end_(end) {}
 
     [[nodiscard]] std::size_t position() const noexcept { return pos_; }
     [[nodiscard]] std::size_t remaining() const noexcept { return bytes_.size() - pos_; }
@@ -25,10 +27,11 @@ class ByteReader {
 
     [[nodiscard]] std::span<const std::byte> take(std::uint64_t count, std::string_view what) {
         if (count > remaining()) {
-            throw Error(ErrorCode::malformed,
-                        std::string(what) + " runs past the end of the data (offset " +
-                            std::to_string(base_ + pos_) + ", needs " + std::to_string(count) +
-                            " bytes, " + std::to_string(remaining()) + " left)");
+            throw Error(ErrorCode::malformed, std::string(what) + " runs past the end of " +
+                                                  std::string(end_) + " (offset " +
+                                                  std::to_string(base_ + pos_) + ", needs " +
+                                                  std::to_string(count) + " bytes, " +
+                                                  std::to_string(remaining()) + " left)");
         }
         auto out = bytes_.subspan(pos_, static_cast<std::size_t>(count));
         pos_ += static_cast<std::size_t>(count);
@@ -62,9 +65,9 @@ class ByteReader {
         const auto* start = reinterpret_cast<const char*>(bytes_.data() + pos_);
         const void* nl = std::memchr(start, '\n', limit);
         if (nl == nullptr) {
-            throw Error(ErrorCode::malformed, std::string(what) + " at offset " +
-                                                  std::to_string(base_ + pos_) +
-                                                  " has no terminating newline");
+            throw Error(ErrorCode::malformed,
+                        std::string(what) + " at offset " + std::to_string(base_ + pos_) +
+                            " has no terminating newline before the end of " + std::string(end_));
         }
         const auto len = static_cast<std::size_t>(static_cast<const char*>(nl) - start);
         pos_ += len + 1;
@@ -74,6 +77,7 @@ class ByteReader {
   private:
     std::span<const std::byte> bytes_;
     std::size_t base_ = 0;
+    std::string_view end_;
     std::size_t pos_ = 0;
 };
 

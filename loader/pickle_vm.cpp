@@ -219,7 +219,14 @@ ValuePtr PickleVm::run() {
 }
 
 bool PickleVm::step(std::uint8_t opcode) {
-    ByteReader in(pickle_.subspan(position_), position_);
+    // Inside a FRAME an opcode's operands may not reach past the frame's end
+    // (CPython refuses it too); reading them bounded by the frame refuses a
+    // straddling opcode before it does anything, e.g. names a global.
+    auto operands = pickle_.subspan(position_);
+    const bool framed = frame_end_ != 0 && opcode_offset_ < frame_end_;
+    if (framed) operands = operands.first(frame_end_ - position_);
+    ByteReader in(operands, position_,
+                  framed ? "its FRAME, which the opcode straddles" : "the pickle");
     const auto advance = [&] { position_ += in.position(); };
     const auto text_line = [&](std::string_view what) { return in.line(kMaxTextOperand, what); };
     ctx_.arena.count_object();

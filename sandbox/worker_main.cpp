@@ -203,10 +203,10 @@ int main(int argc, char** argv) {
     } catch (const Error& e) {
         ErrorCode code = e.code();
         if (code == ErrorCode::io_error &&
-            std::strstr(e.what(), std::strerror(ENOMEM)) != nullptr) {
+            e.message().find(std::strerror(ENOMEM)) != std::string::npos) {
             code = ErrorCode::resource_exceeded;
         }
-        send_result(ipc::make_result(code, e.what()));
+        send_result(ipc::make_result(code, e.message()));
     } catch (const std::bad_alloc&) {
         send_result(ipc::make_result(ErrorCode::resource_exceeded,
                                      "worker ran out of memory (address-space limit)"));

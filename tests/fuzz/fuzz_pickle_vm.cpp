@@ -47,7 +47,7 @@ void write_image(const FlattenedObject& flat, const StorageTable& storages, cons
                                        storage.big_endian});
     }
     std::map<std::string, std::string> metadata{{"format", "pt"},
-                                                {"picklejail.object", flat.description.dump()}};
+                                                {"picklejail.object", flat.description}};
     for (const auto& [alias, kept] : flat.aliases) metadata.emplace(alias, kept);
     const auto layout = SafetensorsLayout::plan(std::move(sources), metadata, limits);
     std::vector<std::byte> image(layout.total_size());

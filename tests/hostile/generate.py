@@ -728,8 +728,8 @@ def persistent_ids():
     add("pid_traversal_key.pt", pid_zip(storage_pid("../../../../etc/passwd", 1)),
         "persistent_id", "malformed", "is missing", what="storage key with ../")
     add("pid_nul_key.pt", pid_zip(storage_pid("0\x00evil", 1), {"0": b"\0" * 4}),
-        "persistent_id", "malformed", "storage record data/0",
-        what="storage key with NUL (the worker's message stops at the NUL)")
+        "persistent_id", "malformed", "storage record data/0?evil",
+        what="storage key with NUL (shown as '?' in the message, which goes on past it)")
     add("pid_key_names_data_pkl.pt", pid_zip(storage_pid("../data.pkl", 1)),
         "persistent_id", "malformed", "is missing",
         what="storage key pointing at data.pkl itself")
@@ -1448,6 +1448,9 @@ def framing():
         b"hello.", "framing", "malformed", "straddles", what="BINUNICODE straddles its FRAME")
     add("frame_nested.pkl", b"\x80\x04\x95\x0a\x00\x00\x00\x00\x00\x00\x00\x95\x01\x00\x00"
         b"\x00\x00\x00\x00\x00N.", "framing", "malformed", "FRAME", what="FRAME inside a FRAME")
+    add("frame_straddle_global.pkl", b"\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00cos\nsystem\n"
+        b"N.", "framing", "malformed", "straddles",
+        what="GLOBAL os.system straddles its FRAME: refused as framing before the name is looked up")
     add("frame_too_long.pkl", b"\x80\x04\x95\xff\xff\xff\xff\xff\xff\xff\x7fN.", "framing",
         "malformed", "FRAME longer", what="FRAME length 2^63")
     add("frame_hides_global.pkl",

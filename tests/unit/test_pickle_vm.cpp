@@ -467,6 +467,10 @@ TEST_CASE("pickle_vm: FRAME groups opcodes and may not be straddled or nested") 
     const auto straddle = vm_outcome(proto(4) + op(0x95) + le(4, 8) + body);
     CHECK(straddle.code == "malformed");
     CHECK(contains(straddle.message, "straddles"));
+    // A GLOBAL whose name runs past its frame is refused as framing, not looked up.
+    const auto global = vm_outcome(proto(4) + op(0x95) + le(5, 8) + "cos\nsystem\nN.");
+    CHECK(global.code == "malformed");
+    CHECK(contains(global.message, "straddles"));
     // A frame inside a frame.
     const std::string inner = op(0x95) + le(3, 8) + k(1) + ".";
     const auto nested = vm_outcome(proto(4) + op(0x95) + le(inner.size(), 8) + inner);
