@@ -1,6 +1,7 @@
 #include "loader/zip_archive.hpp"
 
 #include <minizip/unzip.h>
+#include <zlib.h>
 
 #include <algorithm>
 #include <cstring>
@@ -225,10 +226,6 @@ void ZipArchive::read_directory() {
         }
         if (entry.method == Z_DEFLATED) check_inflate_ratio(entry, limits_);
         entry.crc = static_cast<std::uint32_t>(file_info.crc);
-        unz64_file_pos pos{};
-        unzGetFilePos64(zip, &pos);
-        entry.directory_position = pos.pos_in_zip_directory;
-        entry.directory_index = pos.num_of_file;
         entry.local_header = local_header_offset(entry, unzGetOffset64(zip));
         entries_.push_back(std::move(entry));
     }
@@ -338,25 +335,6 @@ std::uint64_t ZipArchive::data_start(const ZipEntry& entry) const {
     return start;
 }
 
-// For inflating through minizip: the same local header checks as a stored
-// entry gets, then minizip's own open, which must agree on where the data is.
-void ZipArchive::open_entry(const ZipEntry& entry) {
-    const std::uint64_t start = data_start(entry);
-    auto* zip = static_cast<unzFile>(handle_);
-    const unz64_file_pos pos{entry.directory_position, entry.directory_index};
-    if (unzGoToFilePos64(zip, &pos) != UNZ_OK)
-        bad_zip("cannot seek to entry \"" + entry.name + "\"");
-    if (const int rc = unzOpenCurrentFile(zip); rc != UNZ_OK) {
-        bad_zip("local header of \"" + entry.name +
-                "\" does not match the central directory (minizip error " + std::to_string(rc) +
-                ")");
-    }
-    if (unzGetCurrentFileZStreamPos64(zip) != start) {
-        unzCloseCurrentFile(zip);
-        bad_zip("minizip places the data of \"" + entry.name + "\" elsewhere");
-    }
-}
-
 std::span<const std::byte> ZipArchive::stored_bytes(const ZipEntry& entry) {
     if (entry.method != 0) throw Error(ErrorCode::internal, "stored_bytes on a compressed entry");
     if (entry.compressed_size != entry.uncompressed_size) {
@@ -370,28 +348,68 @@ std::span<const std::byte> ZipArchive::stored_bytes(const ZipEntry& entry) {
     return bytes_.subspan(start, entry.uncompressed_size);
 }
 
+// zlib's inflate state, ended however the inflation ends.
+class InflateStream {
+  public:
+    explicit InflateStream(const std::string& name) {
+        if (inflateInit2(&stream_, -MAX_WBITS) != Z_OK)  // raw deflate, as zip stores it
+            throw Error(ErrorCode::internal, "zlib cannot start inflating \"" + name + "\"");
+    }
+    ~InflateStream() { inflateEnd(&stream_); }
+    InflateStream(const InflateStream&) = delete;
+    InflateStream& operator=(const InflateStream&) = delete;
+    z_stream& get() noexcept { return stream_; }
+
+  private:
+    z_stream stream_{};
+};
+
+// Inflates straight from the input with zlib (minizip only walks the
+// directory): the stream must end exactly where the directory says, both
+// in compressed bytes (nothing after it) and in inflated ones (no more, no
+// fewer). torch's reader refuses a record that inflates to another size too.
 void ZipArchive::inflate(const ZipEntry& entry, std::span<std::byte> out) {
     if (out.size() != entry.uncompressed_size)
         throw Error(ErrorCode::internal, "inflate buffer size mismatch");
     check_inflate_ratio(entry, limits_);
-    open_entry(entry);
-    auto* zip = static_cast<unzFile>(handle_);
-    std::size_t done = 0;
-    while (done < out.size()) {
-        const auto chunk =
-            static_cast<unsigned>(std::min<std::size_t>(out.size() - done, 1U << 30));
-        const int n = unzReadCurrentFile(zip, out.data() + done, chunk);
-        if (n <= 0) {
-            unzCloseCurrentFile(zip);
-            bad_zip("entry \"" + entry.name + "\" inflates to fewer bytes than its directory says");
+    const std::uint64_t start = data_start(entry);
+    if (entry.compressed_size > bytes_.size() - start)
+        bad_zip("entry \"" + entry.name + "\" runs past the end of the file");
+    auto in = bytes_.subspan(start, entry.compressed_size);
+    InflateStream inflater(entry.name);
+    z_stream& z = inflater.get();
+    constexpr std::size_t kStep = 1U << 30;  // zlib counts in 32-bit uInt
+    std::byte overflow{};                    // room for one byte more than declared
+    int rc = Z_OK;
+    while (rc != Z_STREAM_END) {
+        if (z.avail_in == 0 && !in.empty()) {
+            const auto n = std::min(in.size(), kStep);
+            z.next_in = reinterpret_cast<Bytef*>(const_cast<std::byte*>(in.data()));
+            z.avail_in = static_cast<uInt>(n);
+            in = in.subspan(n);
         }
-        done += static_cast<std::size_t>(n);
+        const bool full = z.total_out >= out.size();
+        if (z.avail_out == 0) {
+            std::byte* next = full ? &overflow : out.data() + z.total_out;
+            const std::size_t room = full ? 1 : std::min(out.size() - z.total_out, kStep);
+            z.next_out = reinterpret_cast<Bytef*>(next);
+            z.avail_out = static_cast<uInt>(room);
+        }
+        rc = ::inflate(&z, Z_NO_FLUSH);
+        if (z.total_out > out.size())
+            bad_zip("entry \"" + entry.name + "\" inflates to more bytes than its directory says");
+        if (rc == Z_BUF_ERROR && z.avail_in == 0 && in.empty())
+            bad_zip("entry \"" + entry.name + "\" ends before its deflate stream does");
+        if (rc != Z_OK && rc != Z_STREAM_END && rc != Z_BUF_ERROR) {
+            bad_zip("entry \"" + entry.name + "\" is not a valid deflate stream (" +
+                    std::string(z.msg != nullptr ? z.msg : "zlib error " + std::to_string(rc)) +
+                    ")");
+        }
     }
-    char extra = 0;
-    const int more = unzReadCurrentFile(zip, &extra, 1);
-    unzCloseCurrentFile(zip);
-    if (more != 0)
-        bad_zip("entry \"" + entry.name + "\" inflates to more bytes than its directory says");
+    if (z.total_out < out.size())
+        bad_zip("entry \"" + entry.name + "\" inflates to fewer bytes than its directory says");
+    if (z.avail_in != 0 || !in.empty())
+        bad_zip("entry \"" + entry.name + "\" has bytes after its deflate stream");
 }
 
 }  // namespace picklejail::loader

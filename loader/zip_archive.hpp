@@ -1,5 +1,6 @@
-// Zip checkpoints (torch.save since 1.6) through zlib's minizip, reading from
-// memory only. Enforces what torch's reader enforces and what it forgot:
+// Zip checkpoints (torch.save since 1.6): zlib's minizip walks the central
+// directory, records are read (stored) or inflated with zlib (deflated)
+// straight from memory. Enforces what torch's reader enforces and what it forgot:
 // one top-level prefix, no "..", no absolute names, no duplicates, no
 // encryption, central directory sizes over local ones, bounded inflation.
 #pragma once
@@ -22,8 +23,6 @@ struct ZipEntry {
     std::uint64_t uncompressed_size = 0;
     std::uint16_t method = 0;  // 0 stored, 8 deflated
     std::uint32_t crc = 0;
-    std::uint64_t directory_position = 0;
-    std::uint64_t directory_index = 0;
     std::uint64_t local_header = 0;  // file offset of the entry's local header
 };
 
@@ -52,7 +51,6 @@ class ZipArchive {
                                                     std::uint64_t directory_record) const;
     // Checks the local header against the directory; returns where the data starts.
     [[nodiscard]] std::uint64_t data_start(const ZipEntry& entry) const;
-    void open_entry(const ZipEntry& entry);
 
     std::span<const std::byte> bytes_;
     const Limits& limits_;

@@ -1273,9 +1273,18 @@ def zip_bombs():
     add("bomb_honest_1mib.pt", deflated_storage_zip(1 << 18, 1 << 20), "zip_bomb", "too_large",
         "max_inflate_ratio", what="1 MiB of zeros in ~1 KiB (ratio ~1000:1 beyond the cap)",
         limits={"max_inflate_ratio": 100})
-    add("bomb_inflates_more.pt", deflated_storage_zip(1024, 4096), "zip_bomb", "ok",
-        what="directory says 4 KiB, stream inflates to 1 MiB: only the declared 4 KiB are "
-             "inflated (minizip stops there), the rest is never produced")
+    add("bomb_inflates_more.pt", deflated_storage_zip(1024, 4096), "zip_bomb", "malformed",
+        "inflates to more bytes", what="directory says 4 KiB, stream inflates to 1 MiB: "
+        "refused after the declared 4 KiB (torch refuses another size too)")
+    small = zlib.compressobj(9, zlib.DEFLATED, -15)
+    small_stream = small.compress(b"\0" * 64) + small.flush()
+    add("deflate_trailing_bytes.pt", deflated_storage_zip(16, 64, stream=small_stream + b"hidden"),
+        "zip_bomb", "malformed", "bytes after its deflate stream",
+        what="bytes hidden after a record's deflate stream, inside its compressed size")
+    add("deflate_cut_short.pt", deflated_storage_zip(16, 64, stream=small_stream[:-2]),
+        "zip_bomb", "malformed", "deflate stream", what="a record's deflate stream cut short")
+    add("deflate_honest_small.pt", deflated_storage_zip(16, 64, stream=small_stream),
+        "baseline", "ok", what="the same record, honest")
     add("bomb_inflates_less.pt",
         deflated_storage_zip(1 << 19, 1 << 21, stream=bomb_stream), "zip_bomb", "malformed",
         "inflates to fewer bytes", what="directory says 2 MiB, stream inflates to 1 MiB",

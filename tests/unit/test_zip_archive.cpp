@@ -5,7 +5,9 @@
 
 #include <catch2/catch.hpp>
 #include <cstddef>
+#include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/error.hpp"
@@ -24,9 +26,32 @@ using picklejail::test::le;
 constexpr std::uint32_t kZip64 = 0xFFFFFFFF;
 
 struct StoredFile {
+    StoredFile(std::string file_name, std::string file_data, bool deflate = false,
+               std::string after = {})
+        : name(std::move(file_name)),
+          data(std::move(file_data)),
+          deflated(deflate),
+          after_stream(std::move(after)) {}
     std::string name;
     std::string data;
+    bool deflated;
+    std::string after_stream;  // bytes appended to a deflated record's stream
 };
+
+// Raw deflate (no zlib header), as zip records hold it.
+std::string deflate_raw(const std::string& data) {
+    z_stream z{};
+    REQUIRE(deflateInit2(&z, 9, Z_DEFLATED, -MAX_WBITS, 8, Z_DEFAULT_STRATEGY) == Z_OK);
+    std::string out(deflateBound(&z, static_cast<uLong>(data.size())), '\0');
+    z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.data()));
+    z.avail_in = static_cast<uInt>(data.size());
+    z.next_out = reinterpret_cast<Bytef*>(out.data());
+    z.avail_out = static_cast<uInt>(out.size());
+    REQUIRE(deflate(&z, Z_FINISH) == Z_STREAM_END);
+    out.resize(z.total_out);
+    deflateEnd(&z);
+    return out;
+}
 
 enum class OffsetField { plain, zip64_extra, zip64_without_extra };
 
@@ -38,14 +63,17 @@ std::string assemble(const std::vector<StoredFile>& files, OffsetField offsets) 
     for (const auto& file : files) {
         const auto crc = crc32(0, reinterpret_cast<const Bytef*>(file.data.data()),
                                static_cast<uInt>(file.data.size()));
-        const std::string sizes = le(crc, 4) + le(file.data.size(), 4) + le(file.data.size(), 4);
+        const std::string stored =
+            file.deflated ? deflate_raw(file.data) + file.after_stream : file.data;
+        const std::string method = le(file.deflated ? 8 : 0, 2);
+        const std::string sizes = le(crc, 4) + le(stored.size(), 4) + le(file.data.size(), 4);
         const std::uint64_t local_offset = out.size();
-        out += "PK\x03\x04" + le(20, 2) + le(0, 2) + le(0, 2) + le(0, 4) + sizes +
-               le(file.name.size(), 2) + le(0, 2) + file.name + file.data;
+        out += "PK\x03\x04" + le(20, 2) + le(0, 2) + method + le(0, 4) + sizes +
+               le(file.name.size(), 2) + le(0, 2) + file.name + stored;
         std::string extra;
         if (offsets == OffsetField::zip64_extra) extra = le(1, 2) + le(8, 2) + le(local_offset, 8);
         const std::uint64_t offset_field = offsets == OffsetField::plain ? local_offset : kZip64;
-        directory += "PK\x01\x02" + le(45, 2) + le(45, 2) + le(0, 2) + le(0, 2) + le(0, 4) + sizes +
+        directory += "PK\x01\x02" + le(45, 2) + le(45, 2) + le(0, 2) + method + le(0, 4) + sizes +
                      le(file.name.size(), 2) + le(extra.size(), 2) + le(0, 2) + le(0, 2) +
                      le(0, 2) + le(0, 4) + le(offset_field, 4) + file.name + extra;
     }
@@ -115,5 +143,36 @@ TEST_CASE("zip_archive: a local header that disagrees with the directory is refu
     } catch (const Error& e) {
         CHECK(e.code() == ErrorCode::malformed);
         CHECK(std::string(e.what()).find("compressed size") != std::string::npos);
+    }
+}
+
+namespace {
+
+std::string inflated_text(const std::vector<StoredFile>& files) {
+    const std::string archive = assemble(files, OffsetField::plain);
+    const Limits limits;
+    ZipArchive zip(bytes_of(archive), limits);
+    const auto* entry = zip.find("data/0");
+    REQUIRE(entry != nullptr);
+    std::string out(entry->uncompressed_size, '\0');
+    zip.inflate(*entry, std::as_writable_bytes(std::span(out)));
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("zip_archive: deflated records inflate with zlib to exactly their declared size") {
+    const std::string text(100'000, 'a');
+    CHECK(inflated_text({{"archive/data.pkl", "p"}, {"archive/data/0", text, true}}) == text);
+}
+
+TEST_CASE("zip_archive: bytes after a record's deflate stream are refused") {
+    try {
+        (void)inflated_text(
+            {{"archive/data.pkl", "p"}, {"archive/data/0", std::string(64, 'b'), true, "hidden"}});
+        FAIL("accepted bytes hidden after a deflate stream");
+    } catch (const Error& e) {
+        CHECK(e.code() == ErrorCode::malformed);
+        CHECK(std::string(e.what()).find("after its deflate stream") != std::string::npos);
     }
 }
