@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <system_error>
 
 #include "common/error.hpp"
 #include "ipc/file_mapping.hpp"
@@ -118,6 +119,16 @@ void confine(const WorkerArgs& args, sandbox::SeccompFilter& filter) {
     filter.load();
 }
 
+// A copy thread only speeds the copy up: where one cannot be started (a
+// thread limit, say), the worker copies alone.
+void start_copy_thread(std::optional<sandbox::CopyThread>& helper) {
+    try {
+        helper.emplace();
+    } catch (const std::system_error&) {
+        helper.reset();
+    }
+}
+
 [[noreturn]] void convert(const WorkerArgs& args, std::optional<sandbox::CopyThread>& helper) {
     const auto policy = loader::Policy::from_json(args.policy_json);
     const auto limits =
@@ -129,7 +140,7 @@ void confine(const WorkerArgs& args, sandbox::SeccompFilter& filter) {
     const auto input = ipc::map_read_only(sandbox::kInputFd, input_size, "input");
     // Started before confinement, which it shares (copy_thread.hpp); only an
     // input big enough to have a big copy gets one.
-    if (input_size >= kCopyThreadMinInput) helper.emplace();
+    if (input_size >= kCopyThreadMinInput) start_copy_thread(helper);
     confine(args, filter);
 
     const auto conversion = loader::Conversion::plan(input.bytes(), policy, limits, select);
