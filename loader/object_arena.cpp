@@ -2,11 +2,6 @@
 
 namespace picklejail::loader {
 
-bool ObjectArena::has_children(const Value& value) noexcept {
-    return value.is<ListValue>() || value.is<TupleValue>() || value.is<SetValue>() ||
-           value.is<DictValue>() || value.is<RecordValue>();
-}
-
 ObjectArena::~ObjectArena() {
     for (const ValuePtr& value : containers_) {
         if (auto* list = value->as<ListValue>()) list->items.clear();

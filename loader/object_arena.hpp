@@ -25,7 +25,7 @@ class ObjectArena {
     [[nodiscard]] ValuePtr make(T&& alternative) {
         count_object();
         ValuePtr value = make_value(std::forward<T>(alternative));
-        if (has_children(*value)) containers_.push_back(value);
+        if (is_container(*value)) containers_.push_back(value);
         return value;
     }
 
@@ -39,8 +39,6 @@ class ObjectArena {
     }
 
   private:
-    [[nodiscard]] static bool has_children(const Value& value) noexcept;
-
     const Limits& limits_;
     std::vector<ValuePtr> containers_;
     std::uint64_t objects_ = 0;

@@ -94,18 +94,13 @@ class Flattener {
                                                   " (limit max_nesting_depth)");
         }
         // Only a container can lead back to itself; leaves skip the bookkeeping.
-        const bool container = has_children(*value);
+        const bool container = is_container(*value);
         if (container && !on_path_.insert(value.get()).second) {
             throw Error(ErrorCode::malformed,
                         "the object contains itself (a reference cycle at " + path_string() + ")");
         }
         visit(*value, depth);
         if (container) on_path_.erase(value.get());
-    }
-
-    static bool has_children(const Value& value) noexcept {
-        return value.is<ListValue>() || value.is<TupleValue>() || value.is<SetValue>() ||
-               value.is<DictValue>() || value.is<RecordValue>();
     }
 
     // {"tag":

@@ -40,6 +40,11 @@ std::string describe(const Value& value) {
     return std::visit(Namer{}, value.v);
 }
 
+bool is_container(const Value& value) noexcept {
+    return value.is<ListValue>() || value.is<TupleValue>() || value.is<SetValue>() ||
+           value.is<DictValue>() || value.is<RecordValue>();
+}
+
 std::optional<std::int64_t> as_int(const Value& value) {
     if (const auto* i = value.as<IntValue>()) return i->value;
     if (const auto* b = value.as<BoolValue>()) return b->value ? 1 : 0;

@@ -124,6 +124,10 @@ template <typename T>
 // A short type name for error messages ("dict", "tuple", "global os.system").
 [[nodiscard]] std::string describe(const Value& value);
 
+// Lists, tuples, sets, dicts and records: the values that hold other values
+// (and so can form cycles through the memo).
+[[nodiscard]] bool is_container(const Value& value) noexcept;
+
 // The integer held by an IntValue or BoolValue, if any.
 [[nodiscard]] std::optional<std::int64_t> as_int(const Value& value);
 
