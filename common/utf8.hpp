@@ -1,6 +1,7 @@
 // Decoding one UTF-8 sequence with the strict rules (no overlong forms,
-// no surrogates, nothing above U+10FFFF), shared by the pickle VM, which
-// refuses bad text, and the result record, which replaces it.
+// no surrogates, nothing above U+10FFFF), shared by the pickle VM and the
+// safetensors checker, which refuse bad text, the JSON text writer, and the
+// result record, which replaces it.
 #pragma once
 
 #include <cstddef>

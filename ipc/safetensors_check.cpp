@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "common/error.hpp"
+#include "common/utf8.hpp"
 
 namespace picklejail::ipc {
 namespace {
@@ -103,38 +104,11 @@ bool checked_mul(std::uint64_t a, std::uint64_t b, std::uint64_t& out) {
     return true;
 }
 
-// Length of the strict UTF-8 sequence at `i` (RFC 3629: no overlongs, no
-// surrogates, nothing above U+10FFFF), or 0 when the bytes there are invalid.
-std::size_t utf8_sequence_length(std::string_view text, std::size_t i) {
-    const auto at = [&](std::size_t k) { return static_cast<unsigned char>(text[i + k]); };
-    const unsigned char lead = at(0);
-    if (lead < 0x80) return 1;
-    std::size_t length = 0;
-    unsigned char low = 0x80, high = 0xBF;  // allowed range of the second byte
-    if (lead >= 0xC2 && lead <= 0xDF) {
-        length = 2;
-    } else if (lead >= 0xE0 && lead <= 0xEF) {
-        length = 3;
-        if (lead == 0xE0) low = 0xA0;   // overlong
-        if (lead == 0xED) high = 0x9F;  // UTF-16 surrogates
-    } else if (lead >= 0xF0 && lead <= 0xF4) {
-        length = 4;
-        if (lead == 0xF0) low = 0x90;   // overlong
-        if (lead == 0xF4) high = 0x8F;  // above U+10FFFF
-    } else {
-        return 0;
-    }
-    if (text.size() - i < length || at(1) < low || at(1) > high) return 0;
-    for (std::size_t k = 2; k < length; ++k) {
-        if ((at(k) & 0xC0) != 0x80) return 0;
-    }
-    return length;
-}
-
 // Offset of the first byte breaking strict UTF-8, or npos.
 std::size_t find_invalid_utf8(std::string_view text) {
     for (std::size_t i = 0; i < text.size();) {
-        const std::size_t length = utf8_sequence_length(text, i);
+        std::uint32_t codepoint = 0;
+        const std::size_t length = utf8_sequence(text, i, codepoint);
         if (length == 0) return i;
         i += length;
     }
