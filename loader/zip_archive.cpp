@@ -116,6 +116,7 @@ std::uint64_t le64(std::span<const std::byte> bytes, std::uint64_t at) {
     return le32(bytes, at) | (std::uint64_t{le32(bytes, at + 4)} << 32);
 }
 
+constexpr unsigned char kLocalSignature[4] = {'P', 'K', 3, 4};
 constexpr std::uint32_t kCentralRecordSize = 46;
 constexpr std::uint32_t kZip64Marker = 0xFFFFFFFF;
 constexpr std::uint32_t kZip64ExtraTag = 0x0001;
@@ -156,8 +157,7 @@ void check_end_record(void* handle, std::span<const std::byte> bytes) {
 }  // namespace
 
 bool looks_like_zip(std::span<const std::byte> bytes) noexcept {
-    static constexpr unsigned char kLocal[4] = {'P', 'K', 3, 4};
-    return bytes.size() >= 4 && std::memcmp(bytes.data(), kLocal, 4) == 0;
+    return bytes.size() >= 4 && std::memcmp(bytes.data(), kLocalSignature, 4) == 0;
 }
 
 ZipArchive::ZipArchive(std::span<const std::byte> bytes, const Limits& limits)
@@ -296,10 +296,9 @@ std::uint64_t ZipArchive::local_header_offset(const ZipEntry& entry,
 // does not compare: the name bytes and the flags (CVE-2025-1944/1945: a reader
 // keyed on local headers would see another file).
 std::uint64_t ZipArchive::data_start(const ZipEntry& entry) const {
-    static constexpr unsigned char kLocal[4] = {'P', 'K', 3, 4};
     const std::uint64_t at = entry.local_header;
     if (at > bytes_.size() || bytes_.size() - at < kLocalHeaderSize + entry.name.size() ||
-        std::memcmp(bytes_.data() + at, kLocal, 4) != 0) {
+        std::memcmp(bytes_.data() + at, kLocalSignature, 4) != 0) {
         bad_zip("local header of \"" + entry.name + "\" is missing or out of place");
     }
     const std::uint32_t local_flags = le16(bytes_, at + 6);
@@ -388,8 +387,8 @@ void ZipArchive::inflate(const ZipEntry& entry, std::span<std::byte> out) {
             z.avail_in = static_cast<uInt>(n);
             in = in.subspan(n);
         }
-        const bool full = z.total_out >= out.size();
         if (z.avail_out == 0) {
+            const bool full = z.total_out >= out.size();
             std::byte* next = full ? &overflow : out.data() + z.total_out;
             const std::size_t room = full ? 1 : std::min(out.size() - z.total_out, kStep);
             z.next_out = reinterpret_cast<Bytef*>(next);
