@@ -3,9 +3,11 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <systemd/sd-daemon.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <string>
 
 #include "common/error.hpp"
 
@@ -44,7 +46,12 @@ ListenSocket open_listen_socket(const std::filesystem::path& path, mode_t mode) 
         out.from_systemd = true;
         return out;
     }
-    if (path.string().size() >= sizeof(sockaddr_un::sun_path))
+    // Bound and made ready under a temporary name, then renamed into place:
+    // once `path` exists it has its mode and accepts connections, so whoever
+    // waits for the file (a test, a script) never connects between bind and
+    // listen and is refused.
+    const std::filesystem::path staging = path.string() + "." + std::to_string(::getpid()) + ".tmp";
+    if (staging.string().size() >= sizeof(sockaddr_un::sun_path))
         throw Error(ErrorCode::io_error, "socket path too long: " + path.string());
     std::error_code ec;
     std::filesystem::create_directories(path.parent_path(), ec);
@@ -53,12 +60,18 @@ ListenSocket open_listen_socket(const std::filesystem::path& path, mode_t mode) 
     if (!out.fd) fail("socket");
     sockaddr_un address{};
     address.sun_family = AF_UNIX;
-    std::strncpy(address.sun_path, path.c_str(), sizeof address.sun_path - 1);
+    std::strncpy(address.sun_path, staging.c_str(), sizeof address.sun_path - 1);
+    (void)::unlink(staging.c_str());  // left by a daemon with this pid that died here
     if (::bind(out.fd.get(), reinterpret_cast<sockaddr*>(&address), sizeof address) != 0)
-        fail("bind " + path.string());
+        fail("bind " + staging.string());
+    if (::chmod(staging.c_str(), mode) != 0 || ::listen(out.fd.get(), kBacklog) != 0 ||
+        ::rename(staging.c_str(), path.c_str()) != 0) {
+        const int error = errno;
+        (void)::unlink(staging.c_str());
+        errno = error;
+        fail("listen on " + path.string());
+    }
     out.bound_path = path;
-    if (::chmod(path.c_str(), mode) != 0) fail("chmod " + path.string());
-    if (::listen(out.fd.get(), kBacklog) != 0) fail("listen");
     return out;
 }
 
