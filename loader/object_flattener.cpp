@@ -81,6 +81,19 @@ class Flattener {
     }
 
     void walk(const ValuePtr& value, std::size_t depth) {
+        enter(depth);
+        // Only a container can lead back to itself; leaves skip the bookkeeping.
+        const bool container = is_container(*value);
+        if (container && !on_path_.insert(value.get()).second) {
+            throw Error(ErrorCode::malformed,
+                        "the object contains itself (a reference cycle at " + path_string() + ")");
+        }
+        visit(*value, depth);
+        if (container) on_path_.erase(value.get());
+    }
+
+    // What reaching any node costs: a byte of header, a visit, a level of depth.
+    void enter(std::size_t depth) {
         spend(1);
         if (++visited_ > limits_.max_objects) {
             throw Error(ErrorCode::too_large,
@@ -93,14 +106,6 @@ class Flattener {
                                                   std::to_string(limits_.max_nesting_depth) +
                                                   " (limit max_nesting_depth)");
         }
-        // Only a container can lead back to itself; leaves skip the bookkeeping.
-        const bool container = is_container(*value);
-        if (container && !on_path_.insert(value.get()).second) {
-            throw Error(ErrorCode::malformed,
-                        "the object contains itself (a reference cycle at " + path_string() + ")");
-        }
-        visit(*value, depth);
-        if (container) on_path_.erase(value.get());
     }
 
     // {"tag":
@@ -211,6 +216,7 @@ class Flattener {
     }
 
     void dict(const DictValue& d, std::size_t depth) {
+        if (holds_plain_tensors(d)) return tensor_dict(d, depth);
         open_tagged(dict_tag(d.kind));
         text_.push_back('[');
         bool first = true;
@@ -229,12 +235,76 @@ class Flattener {
             text_ += ",\"factory\":";
             append_json_string(text_, d.factory);
         }
-        if (d.attributes) {
-            text_ += ",\"attrs\":";
-            path_.push_back(std::nullopt);
-            walk(d.attributes, depth + 1);
+        attributes(d, depth);
+        text_.push_back('}');
+    }
+
+    void attributes(const DictValue& d, std::size_t depth) {
+        if (!d.attributes) return;
+        text_ += ",\"attrs\":";
+        path_.push_back(std::nullopt);
+        walk(d.attributes, depth + 1);
+        path_.pop_back();
+    }
+
+    // A dict or OrderedDict of string keys to tensors that carry nothing but
+    // their bytes (on the CPU, no Parameter, no requires_grad), pickled one
+    // after another (consecutive ids): the shape of every state_dict(). It is
+    // described by its keys alone (docs/output-format.md), since each tensor's
+    // name, id and dtype follow from them; for a file of many small tensors the
+    // full nodes were most of the header and of every client's parsing.
+    [[nodiscard]] bool holds_plain_tensors(const DictValue& d) const {
+        if (d.items.empty() ||
+            (d.kind != DictValue::Kind::dict && d.kind != DictValue::Kind::ordered_dict)) {
+            return false;
+        }
+        for (const auto& part : path_) {
+            if (!part) return false;  // unnameable: the full walk reports it
+        }
+        const auto* first = d.items.front().second->as<TensorValue>();
+        if (first == nullptr) return false;
+        std::uint64_t next_id = first->id;
+        for (const auto& [key, value] : d.items) {
+            const auto* t = value->as<TensorValue>();
+            if (!key->is<StringValue>() || t == nullptr || t->id != next_id++ || t->parameter ||
+                t->requires_grad || !on_cpu(*t)) {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    [[nodiscard]] bool on_cpu(const TensorValue& t) const {
+        const auto& location = storages_.at(t.storage).location;
+        return location.empty() || location == "cpu";
+    }
+
+    // {"odict_of_tensors": [keys], "first_id": N, "prefix": "path.", "attrs": ...},
+    // with each key and tensor counted and charged as walk() would.
+    void tensor_dict(const DictValue& d, std::size_t depth) {
+        open_tagged(d.kind == DictValue::Kind::ordered_dict ? "odict_of_tensors"
+                                                            : "dict_of_tensors");
+        text_.push_back('[');
+        bool first = true;
+        for (const auto& [key, value] : d.items) {
+            if (!first) text_.push_back(',');
+            first = false;
+            const std::string& key_text = key->as<StringValue>()->utf8;
+            enter(depth + 1);
+            spend(key_text.size());
+            append_json_string(text_, key_text);
+            enter(depth + 1);
+            path_.emplace_back(key_text);
+            record_tensor(*value->as<TensorValue>(), tensor_name());
             path_.pop_back();
         }
+        text_ += "],\"first_id\":";
+        append_json_integer(text_, d.items.front().second->as<TensorValue>()->id);
+        if (const std::string prefix = joined_path(); !prefix.empty()) {
+            text_ += ",\"prefix\":";
+            append_json_string(text_, prefix + ".");
+        }
+        attributes(d, depth);
         text_.push_back('}');
     }
 
@@ -258,7 +328,6 @@ class Flattener {
     }
 
     void tensor(const TensorValue& t) {
-        spend(48);  // "tensor", "id", "dtype" and the header entry's own fields
         std::string name = tensor_name();
         open_tagged("tensor");
         append_json_string(text_, name);
@@ -275,6 +344,11 @@ class Flattener {
         if (t.parameter) text_ += ",\"parameter\":true";
         if (t.requires_grad) text_ += ",\"requires_grad\":true";
         text_.push_back('}');
+        record_tensor(t, std::move(name));
+    }
+
+    void record_tensor(const TensorValue& t, std::string name) {
+        spend(48);  // "tensor", "id", "dtype" and the header entry's own fields
         occurrences_.push_back({std::move(name), &t});
     }
 
@@ -292,8 +366,13 @@ class Flattener {
         // The name goes into the description and into the header (key or alias),
         // and memo-shared keys can make it far longer than the file: charge first.
         spend(2 * length);
+        return joined_path();
+    }
+
+    // The path's parts joined with '.' (no dot after an empty start, as the
+    // reference flatten does); each part is present (checked first).
+    [[nodiscard]] std::string joined_path() const {
         std::string name;
-        name.reserve(length);
         for (const auto& part : path_) {
             if (!name.empty()) name.push_back('.');
             name += *part;

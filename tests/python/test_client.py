@@ -601,6 +601,19 @@ BAD_IMAGES["nan_literal"] = make_image(GOOD, metadata={"picklejail.object": '{"f
 BAD_IMAGES["duplicate_names"] = (lambda b: b.replace(b'"b"', b'"a"'))(make_image(GOOD, description={}))
 BAD_IMAGES["description_bad_node"] = make_image(GOOD, description={"what": 1})
 BAD_IMAGES["description_bad_int"] = make_image(GOOD, description={"int": "zz"})
+BAD_IMAGES["tensor_dict_keys_not_list"] = make_image(
+    GOOD, description={"odict_of_tensors": "ab", "first_id": 0})
+BAD_IMAGES["tensor_dict_key_not_str"] = make_image(
+    GOOD, description={"odict_of_tensors": ["a", 1], "first_id": 0})
+BAD_IMAGES["tensor_dict_no_first_id"] = make_image(GOOD, description={"dict_of_tensors": ["a"]})
+BAD_IMAGES["tensor_dict_negative_id"] = make_image(
+    GOOD, description={"dict_of_tensors": ["a"], "first_id": -1})
+BAD_IMAGES["tensor_dict_prefix_not_str"] = make_image(
+    GOOD, description={"dict_of_tensors": ["a"], "first_id": 0, "prefix": 1})
+BAD_IMAGES["tensor_dict_missing_tensor"] = make_image(
+    GOOD, description={"dict_of_tensors": ["a", "x"], "first_id": 0})
+BAD_IMAGES["tensor_dict_id_denotes_two"] = make_image(GOOD, description={"tuple": [
+    {"dict_of_tensors": ["a", "b"], "first_id": 0}, node("b", 0, "int64")]})
 
 
 @needs_numpy
@@ -632,6 +645,32 @@ def test_image_good_and_stand_ins():
     assert got["fn"] == picklejail.GlobalRef("builtins.print")
     assert got["dd"].default_factory is list and got["dd"]["k"] == [1]
     assert got["size"] == (2, 3) and got["future"] == ()
+
+
+@needs_numpy
+def test_tensor_dict_node():
+    """The keys-only state dict: names are prefix + key, ids first_id + i (output-format.md)."""
+    tensors = {"m.a": ("F32", [2], 0, 8), "m.b": ("I64", [1], 8, 16)}
+    plain = {"odict_of_tensors": ["a", "b"], "first_id": 3, "prefix": "m.",
+             "attrs": {"dict": [["_metadata", {"dict": []}]]}}
+    got = rebuild_mod.rebuild(parse(make_image(tensors, description=plain)),
+                              backends.NumpyBuilder(None))
+    assert type(got) is collections.OrderedDict and list(got) == ["a", "b"]
+    assert got["a"].dtype == np.float32 and got["b"].dtype == np.int64
+    assert got._metadata == {}
+    # Another node with one of its ids is the same object; an alias gets its own.
+    shared = {"tuple": [{"dict_of_tensors": ["a", "b", "c"], "first_id": 0, "prefix": "m."},
+                        node("m.b", 1, "int64")]}
+    blob = make_image(tensors, metadata={"m.c": "m.a"}, description=shared)
+    mapping, again = rebuild_mod.rebuild(parse(blob), backends.NumpyBuilder(None))
+    assert type(mapping) is dict and again is mapping["b"]
+    assert mapping["c"] is not mapping["a"] and np.shares_memory(mapping["c"], mapping["a"])
+    # select: entries whose tensors were not written are left out.
+    blob = make_image({"m.a": ("F32", [2], 0, 8)}, description=plain)
+    assert list(rebuild_mod.rebuild(parse(blob, select=["m.a"]),
+                                    backends.NumpyBuilder(None))) == ["a"]
+    with pytest.raises(picklejail.Malformed, match="m.b"):
+        parse(blob)
 
 
 @needs_torch

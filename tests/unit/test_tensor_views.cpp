@@ -145,6 +145,7 @@ struct View {
     std::vector<std::int64_t> size;
     std::vector<std::int64_t> stride;
     std::string dtype;  // set: _rebuild_tensor_v3 with torch.<dtype>
+    bool requires_grad = false;
 };
 
 // _rebuild_tensor_v2(pid, offset, size, stride, False, OrderedDict()) as torch.save writes it.
@@ -156,17 +157,22 @@ std::string tensor(const View& v) {
                       "\n(";
     out += "(" + str("storage") + "c" + storage_module + "\n" + v.storage_class + "\n" +
            str(v.key) + str("cpu") + integer(v.numel) + "tQ";
-    out += integer(v.offset) + int_tuple(v.size) + int_tuple(v.stride) + op(0x89) +
-           "ccollections\nOrderedDict\n)R";
+    out += integer(v.offset) + int_tuple(v.size) + int_tuple(v.stride) +
+           op(v.requires_grad ? 0x88 : 0x89) + "ccollections\nOrderedDict\n)R";
     if (!v.dtype.empty()) out += "ctorch\n" + v.dtype + "\n";
     return out + "tR";
 }
 
+// The items of an OrderedDict of named tensors, without protocol or STOP.
+std::string odict_of(const std::vector<std::pair<std::string, View>>& entries) {
+    std::string out = "ccollections\nOrderedDict\n)R(";
+    for (const auto& [name, view] : entries) out += str(name) + tensor(view);
+    return out + "u";
+}
+
 // An OrderedDict state_dict of named tensors.
 std::string state_dict(const std::vector<std::pair<std::string, View>>& entries) {
-    std::string out = op(0x80) + op(2) + "ccollections\nOrderedDict\n)R(";
-    for (const auto& [name, view] : entries) out += str(name) + tensor(view);
-    return out + "u.";
+    return op(0x80) + op(2) + odict_of(entries) + ".";
 }
 
 std::string f32s(const std::vector<float>& values) {
@@ -673,4 +679,50 @@ TEST_CASE("tensor_views: SETITEM on a tensor is malformed (CVE-2026-24747)") {
     const auto result = outcome(Archive{pkl, {{"0", f32s({1, 2})}}});
     CHECK(result.code == "malformed");
     CHECK(contains(result.message, "not a dict"));
+}
+
+// ---- the object description (docs/output-format.md) -----------------------
+
+namespace {
+
+std::string description_of(const Archive& archive) {
+    return convert(make_checkpoint(archive)).index.metadata.at("picklejail.object");
+}
+
+const View kFour{.numel = 4, .size = {4}, .stride = {1}};
+const View kTwo{.numel = 4, .size = {2}, .stride = {1}};  // the first two of the same storage
+
+}  // namespace
+
+TEST_CASE("description: a state dict of plain tensors is written as its keys") {
+    CHECK(description_of({state_dict({{"b", kFour}, {"a", kTwo}}), {{"0", f32s({1, 2, 3, 4})}}}) ==
+          R"({"odict_of_tensors":["b","a"],"first_id":0})");
+    // Nested under a key: the names are the prefix plus each key.
+    const std::string nested =
+        op(0x80) + op(2) + "}" + str("model") + odict_of({{"w", kFour}, {"v", kTwo}}) + "s.";
+    CHECK(description_of({nested, {{"0", f32s({1, 2, 3, 4})}}}) ==
+          R"({"dict":[["model",{"odict_of_tensors":["w","v"],"first_id":0,"prefix":"model."}]]})");
+    const auto out = convert(make_checkpoint({nested, {{"0", f32s({1, 2, 3, 4})}}}));
+    CHECK(out.bytes("model.w") == f32s({1, 2, 3, 4}));
+    CHECK(out.bytes("model.v") == f32s({1, 2}));
+}
+
+TEST_CASE("description: tensors with more to say than their bytes keep full nodes") {
+    const auto storage = std::map<std::string, std::string>{{"0", f32s({1, 2, 3, 4})}};
+    View grad = kTwo;
+    grad.requires_grad = true;
+    CHECK(description_of({state_dict({{"a", kFour}, {"g", grad}}), storage}) ==
+          R"({"odict":[["a",{"tensor":"a","id":0,"dtype":"float32"}],)"
+          R"(["g",{"tensor":"g","id":1,"dtype":"float32","requires_grad":true}]]})");
+    // One tensor object under two keys (tied weights): ids 0, 0.
+    const std::string tied = op(0x80) + op(2) + "ccollections\nOrderedDict\n)R(" + str("a") +
+                             tensor(kFour) + "q" + op(7) + str("b") + "h" + op(7) + "u.";
+    CHECK(description_of({tied, storage}) ==
+          R"({"odict":[["a",{"tensor":"a","id":0,"dtype":"float32"}],)"
+          R"(["b",{"tensor":"b","id":0,"dtype":"float32"}]]})");
+    // A value that is not a tensor.
+    const std::string mixed = op(0x80) + op(2) + "ccollections\nOrderedDict\n)R(" + str("a") +
+                              tensor(kFour) + str("step") + "K" + op(3) + "u.";
+    CHECK(description_of({mixed, storage}) ==
+          R"({"odict":[["a",{"tensor":"a","id":0,"dtype":"float32"}],["step",3]]})");
 }

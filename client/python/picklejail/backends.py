@@ -7,7 +7,10 @@ results are ordinary writable tensors; they keep the mapping alive.
 
 The rebuilder then asks for one object per tensor *id* in the description:
 the first id that uses a stored tensor gets it, later ids get a new object over
-the same memory, and nodes sharing an id share the object.
+the same memory, and nodes sharing an id share the object. `tensor(array,
+node, shared)` takes the tensor node for its flags (None: no flags); with no
+flags and not shared it returns `array` itself, which the rebuilder relies on
+to hand out a whole state dict without a call per tensor.
 """
 
 import sys
@@ -145,11 +148,13 @@ class TorchBuilder:
             out[entry.name] = piece if len(entry.shape) == 1 else piece.view(entry.shape)
 
     def tensor(self, tensor, node, shared):
-        if not shared and len(node) == 3:  # {"tensor", "id", "dtype"}: no flags to apply
-            return tensor
+        if not shared and (node is None or len(node) == 3):  # {"tensor", "id", "dtype"}
+            return tensor  # no flags to apply
         torch = self._torch
         if shared:  # another pickled tensor object over the same bytes
             tensor = tensor.detach()
+        if node is None:
+            return tensor
         requires_grad = node.get("requires_grad", False)
         try:
             if node.get("parameter", False):

@@ -25,6 +25,9 @@ META_COMPLEX128 = "picklejail.complex128"
 META_SOURCE = "picklejail.source_format"
 META_PREFIX = "picklejail."
 META_FORMAT = "format"
+# The keys-only form of a state dict in the description (docs/output-format.md).
+ODICT_OF_TENSORS = "odict_of_tensors"
+DICT_OF_TENSORS = "dict_of_tensors"
 # The loader nests at most 1,000 containers (max_nesting_depth); each takes up
 # to three JSON levels ({"dict": [[key, value]]}). Python's default recursion
 # limit (1,000) would refuse such a description, so parsing gets more room.
@@ -264,7 +267,12 @@ def _index_description(description, tensors, aliases, select):
                 if type(item) is dict or type(item) is list:
                     push(item)
         elif "tensor" not in node:  # a dict: a container or scalar node
-            for item in node.values():
+            if ODICT_OF_TENSORS in node or DICT_OF_TENSORS in node:
+                _index_tensor_dict(node, tensors, aliases, tensor_ids, unresolved)
+                children = (node.get("attrs"),)  # the keys list holds no nodes
+            else:
+                children = node.values()
+            for item in children:
                 if type(item) is dict or type(item) is list:
                     push(item)
         else:
@@ -292,11 +300,47 @@ def _index_description(description, tensors, aliases, select):
     for node in unresolved:
         stored = tensor_ids.get(node["id"])
         if stored is not None:
-            check_dtype(node, stored)
+            if "dtype" in node:  # a dict_of_tensors entry takes the stored dtype
+                check_dtype(node, stored)
         elif select is None or matches_select(node["tensor"], select):
             _fail(f"the description refers to tensor {node['tensor']!r}, which the image does "
                   "not hold")
     return tensor_ids, devices
+
+
+def tensor_dict_entries(node):
+    """(keys, first id, name prefix) of a dict_of_tensors / odict_of_tensors node, checked.
+
+    Entry i is the tensor node {"tensor": prefix + keys[i], "id": first + i}
+    with the stored tensor's dtype, on the CPU, without flags.
+    """
+    keys = node[ODICT_OF_TENSORS] if ODICT_OF_TENSORS in node else node[DICT_OF_TENSORS]
+    first, prefix = node.get("first_id"), node.get("prefix", "")
+    if type(keys) is not list or not all(type(key) is str for key in keys):
+        _fail("a dict_of_tensors node does not hold a list of string keys")
+    if type(first) is not int or first < 0 or type(prefix) is not str:
+        _fail("a dict_of_tensors node needs a first_id >= 0 and a string prefix")
+    return keys, first, prefix
+
+
+def _index_tensor_dict(node, tensors, aliases, tensor_ids, unresolved):
+    """_index_description for one dict_of_tensors node: a whole state dict at C speed.
+
+    Entries are on the CPU, which is the default of Image.devices, so only ids
+    are recorded. Ids that other nodes already use take the per-entry path.
+    """
+    keys, first, prefix = tensor_dict_entries(node)
+    names = [prefix + key for key in keys] if prefix else keys
+    stored = [name if name in tensors else aliases.get(name) for name in names]
+    ids = range(first, first + len(keys))
+    if None not in stored and tensor_ids.keys().isdisjoint(ids):
+        tensor_ids.update(zip(ids, stored))
+        return
+    for ident, name, target in zip(ids, names, stored):
+        if target is None:
+            unresolved.append({"tensor": name, "id": ident})
+        elif tensor_ids.setdefault(ident, target) != target:
+            _fail(f"tensor id {ident} denotes both {tensor_ids[ident]!r} and {target!r}")
 
 
 def parse_image(buffer, size, *, select=None):

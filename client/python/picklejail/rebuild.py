@@ -12,7 +12,7 @@ import collections
 import math
 
 from .errors import Malformed
-from .image import recursion_room
+from .image import recursion_room, tensor_dict_entries
 
 
 class Record:
@@ -91,7 +91,9 @@ class _Rebuilder:
         self._used = set()      # stored names already handed out
         self._by_id = {}        # description id -> the object for it
         self._tags = (
-            ("tensor", self._tensor), ("object", self._record), ("odict", self._odict),
+            ("tensor", self._tensor), ("odict_of_tensors", self._odict_of_tensors),
+            ("dict_of_tensors", self._dict_of_tensors), ("object", self._record),
+            ("odict", self._odict),
             ("dict", self._dict), ("defaultdict", self._defaultdict), ("counter", self._counter),
             ("tuple", self._tuple), ("size", self._size), ("set", self._set),
             ("frozenset", self._frozenset), ("int", self._big_int), ("float", self._float),
@@ -166,6 +168,33 @@ class _Rebuilder:
 
     def _odict(self, pairs, node):
         return self._fill(collections.OrderedDict(), pairs, node)
+
+    def _odict_of_tensors(self, keys, node):
+        return self._fill_tensors(collections.OrderedDict(), node)
+
+    def _dict_of_tensors(self, keys, node):
+        return self._fill_tensors({}, node)
+
+    def _fill_tensors(self, mapping, node):
+        """A dict_of_tensors node: keys[i] -> the tensor with id first_id + i."""
+        keys, first, _ = tensor_dict_entries(node)
+        ids = range(first, first + len(keys))
+        stored = list(map(self._image.tensor_ids.get, ids))
+        if None not in stored and self._by_id.keys().isdisjoint(ids) and \
+                self._used.isdisjoint(stored) and len(set(stored)) == len(stored):
+            # Every entry is a tensor object of its own over bytes no other
+            # object holds yet, with no flags: the stored array itself (what
+            # builder.tensor returns for it), without a Python call per entry.
+            values = list(map(self._stored.__getitem__, stored))
+            self._used.update(stored)
+            self._by_id.update(zip(ids, values))
+            mapping.update(zip(keys, values))
+        else:
+            for key, ident in zip(keys, ids):
+                value = self._tensor_by_id(ident, None)
+                if value is not _UNSELECTED:
+                    mapping[key] = value
+        return self._fill(mapping, [], node)  # the attrs
 
     def _counter(self, pairs, node):
         return self._fill(collections.Counter(), pairs, node)
@@ -248,7 +277,10 @@ class _Rebuilder:
     # ------------------------------------------------------------ tensors and records
 
     def _tensor(self, name, node):
-        ident = node["id"]  # checked by parse_image
+        return self._tensor_by_id(node["id"], node)  # checked by parse_image
+
+    def _tensor_by_id(self, ident, node):
+        """The object for tensor id `ident`; `node` holds its flags (None: it has none)."""
         if ident in self._by_id:
             return self._by_id[ident]
         stored = self._image.tensor_ids.get(ident)
