@@ -58,17 +58,17 @@ Parsed parse_input(std::span<const std::byte> input, CallContext& ctx) {
     return {ReadResult{value, first.info()}, InputFormat::pickle};
 }
 
-std::vector<TensorSource> tensor_sources(const FlattenedObject& flat,
-                                         const StorageTable& storages) {
+// Moves each tensor's name and view out of `flat`, which is done with then.
+std::vector<TensorSource> tensor_sources(FlattenedObject& flat, const StorageTable& storages) {
     std::vector<TensorSource> out;
     out.reserve(flat.tensors.size());
-    for (const auto& named : flat.tensors) {
+    for (auto& named : flat.tensors) {
         const Storage& storage = storages.at(named.view.storage);
         if (!storage.bound)
             throw Error(ErrorCode::malformed, "storage \"" + storage.key + "\" has no data");
-        out.push_back(TensorSource{named.name, named.view.dtype, named.view.shape,
-                                   named.view.stride, named.view.offset, storage.bytes,
-                                   storage.big_endian});
+        out.push_back(TensorSource{std::move(named.name), named.view.dtype,
+                                   std::move(named.view.shape), std::move(named.view.stride),
+                                   named.view.offset, storage.bytes, storage.big_endian});
     }
     return out;
 }

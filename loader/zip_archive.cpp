@@ -23,7 +23,12 @@ struct ZipArchive::MemoryStream {
         if (self->position >= self->bytes.size()) return 0;
         const uLong n =
             static_cast<uLong>(std::min<std::uint64_t>(size, self->bytes.size() - self->position));
-        std::memcpy(buf, self->bytes.data() + self->position, n);
+        // minizip reads each directory field a byte at a time: skip the call.
+        if (n == 1) {
+            *static_cast<std::byte*>(buf) = self->bytes[self->position];
+        } else {
+            std::memcpy(buf, self->bytes.data() + self->position, n);
+        }
         self->position += n;
         return n;
     }

@@ -186,6 +186,39 @@ def _tensor_entry(name, info, data_size):
     return TensorEntry(name, dtype, tuple(shape), begin, end, numel)
 
 
+def _tensor_entries(header, data_size):
+    """stored name -> TensorEntry for every header entry, checked as _tensor_entry does.
+
+    Runs once per tensor, so it is _tensor_entry inlined for entries that pass;
+    anything that does not is handed to _tensor_entry, which says what is wrong.
+    """
+    entries, dtypes = {}, DTYPES
+    for name, info in header.items():
+        if type(info) is not dict or len(info) != 3:
+            _refuse(name, info, data_size)
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        dtype = dtypes.get(dtype) if type(dtype) is str else None
+        if dtype is None or type(shape) is not list or type(offsets) is not list or \
+                len(offsets) != 2:
+            _refuse(name, info, data_size)
+        numel = 1
+        for d in shape:
+            if type(d) is not int or d < 0:
+                _refuse(name, info, data_size)
+            numel *= d
+        begin, end = offsets
+        if type(begin) is not int or type(end) is not int or \
+                not 0 <= begin <= end <= data_size or end - begin != numel * dtype.size:
+            _refuse(name, info, data_size)
+        entries[name] = TensorEntry(name, dtype, tuple(shape), begin, end, numel)
+    return entries
+
+
+def _refuse(name, info, data_size):
+    _tensor_entry(name, info, data_size)  # raises Malformed, saying what is wrong
+    _fail(f"tensor {name!r}: malformed entry")  # the two checks agree: not reached
+
+
 def _data_order(tensors, data_size):
     """The entries in data-section order, checked to cover it exactly.
 
@@ -352,7 +385,7 @@ def parse_image(buffer, size, *, select=None):
     header, data_offset = _read_header(buffer, size)
     data_size = size - data_offset
     metadata = header.pop("__metadata__", {})
-    tensors = {name: _tensor_entry(name, info, data_size) for name, info in header.items()}
+    tensors = _tensor_entries(header, data_size)
     aliases = _split_metadata(metadata, tensors)
     _apply_complex128(metadata, tensors)
     in_data_order = _data_order(tensors, data_size)
