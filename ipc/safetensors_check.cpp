@@ -1,13 +1,17 @@
-// Safetensors checker: parses the header with a schema-aware SAX handler (so
-// duplicate keys are seen and hostile nesting is cut off at the first level the
-// schema does not allow), then walks the tensors in offset order the way the
-// reference `Metadata::validate` does.
+// Safetensors checker: reads the header with simdjson's On-Demand iterator and
+// a schema-aware walk (so duplicate keys are seen and hostile nesting is cut
+// off at the first level the schema does not allow), then walks the tensors in
+// offset order the way the reference `Metadata::validate` does.
 #include "ipc/safetensors_check.hpp"
+
+#include <simdjson.h>
 
 #include <algorithm>
 #include <array>
+#include <charconv>
 #include <new>
-#include <nlohmann/json.hpp>
+#include <optional>
+#include <system_error>
 #include <tuple>
 #include <utility>
 
@@ -17,7 +21,7 @@
 namespace picklejail::ipc {
 namespace {
 
-using Json = nlohmann::json;
+namespace ondemand = simdjson::ondemand;
 
 constexpr std::uint64_t kPrefixBytes = 8;
 constexpr std::uint64_t kFormatMaxHeader = 100'000'000;  // reference MAX_HEADER_SIZE
@@ -26,6 +30,8 @@ constexpr std::uint64_t kMaxExactInteger = (std::uint64_t{1} << 53) - 1;
 constexpr std::size_t kQuoteMaxBytes = 256;  // keeps messages about huge names bounded
 constexpr std::size_t kNumberTextMaxBytes = 32;
 constexpr std::string_view kMetadataKey = "__metadata__";
+// The shortest valid entry and its comma: "":{"dtype":"U8","shape":[],"data_offsets":[0,0]},
+constexpr std::size_t kMinEntryBytes = 50;
 
 struct DtypeInfo {
     std::string_view name;
@@ -47,6 +53,10 @@ constexpr std::array<DtypeInfo, 22> kDtypes{{
 
 [[noreturn]] void too_large(const std::string& message) {
     throw Error(ErrorCode::too_large, message);
+}
+
+[[noreturn]] void out_of_memory() {
+    too_large("header needs more memory than is available to check it");
 }
 
 std::string hex_byte(unsigned char byte) {
@@ -115,288 +125,347 @@ std::size_t find_invalid_utf8(std::string_view text) {
     return std::string_view::npos;
 }
 
-// nlohmann's message minus its "[json.exception...] " tag and the "; last read:
-// '...'" part, which would echo attacker bytes; the rest is nlohmann's own text.
-std::string describe_parse_error(const Json::exception& ex) {
-    std::string_view text = ex.what();
-    if (const auto tag_end = text.find("] "); tag_end != std::string_view::npos) {
-        text.remove_prefix(tag_end + 2);
-    }
-    text = text.substr(0, text.find("; last read: '"));
-    return std::string(text);
+// The header as a picklejail::Error: `malformed` naming simdjson's complaint,
+// or `too_large` when simdjson ran out of memory.
+[[noreturn]] void fail_json(simdjson::error_code code) {
+    if (code == simdjson::MEMALLOC) out_of_memory();
+    fail(std::string("header is not valid JSON: ") + simdjson::error_message(code));
 }
 
-// Builds the index straight from SAX events and enforces the header schema as
-// it goes. nlohmann's SAX parser keeps its nesting state on the heap, and this
-// handler rejects the first container the schema (or the depth cap) does not
-// allow, so deep nesting costs neither stack nor memory. Duplicate keys are
-// caught here because nlohmann's DOM parser silently keeps the last one.
-// Errors are thrown as picklejail::Error straight out of the callbacks.
-class HeaderHandler final : public nlohmann::json_sax<Json> {
+// The value of a simdjson result; its error code becomes a picklejail::Error.
+template <typename T>
+T take(simdjson::simdjson_result<T> result) {
+    T value{};
+    if (const simdjson::error_code code = std::move(result).get(value); code != simdjson::SUCCESS) {
+        fail_json(code);
+    }
+    return value;
+}
+
+bool is_digit(char c) {
+    return c >= '0' && c <= '9';
+}
+
+// RFC 8259 section 6: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
+bool is_json_number(std::string_view token) {
+    std::size_t at = 0;
+    const auto skip = [&](std::string_view chars) {
+        if (at < token.size() && chars.find(token[at]) != std::string_view::npos) ++at;
+    };
+    const auto digits = [&] {
+        const std::size_t start = at;
+        while (at < token.size() && is_digit(token[at])) ++at;
+        return at > start;
+    };
+    skip("-");
+    if (at < token.size() && token[at] == '0') {
+        ++at;
+    } else if (!digits()) {
+        return false;
+    }
+    if (at < token.size() && token[at] == '.') {
+        ++at;
+        if (!digits()) return false;
+    }
+    if (at < token.size() && (token[at] == 'e' || token[at] == 'E')) {
+        ++at;
+        skip("+-");
+        if (!digits()) return false;
+    }
+    return at == token.size();
+}
+
+// The text of the number `value` holds. simdjson's raw token runs up to the
+// next token, so JSON whitespace is cut off; bad number syntax is refused here
+// because simdjson checks it only when it converts.
+std::string_view number_token(ondemand::value& value) {
+    std::string_view token = value.raw_json_token();
+    token = token.substr(0, token.find_last_not_of(" \t\n\r") + 1);
+    if (!is_json_number(token)) fail_json(simdjson::NUMBER_ERROR);
+    return token;
+}
+
+// How a type error names a number, as the SAX parser's events did: "a number"
+// for an integer that fits 64 unsigned bits, else the text itself, since the
+// minus sign, fraction or exponent is what is wrong (bounded; number
+// characters only, so echoing it is safe).
+std::string describe_number(std::string_view token) {
+    std::uint64_t ignored = 0;
+    const char* const end = token.data() + token.size();
+    if (const auto parsed = std::from_chars(token.data(), end, ignored);
+        parsed.ec == std::errc{} && parsed.ptr == end) {
+        return "a number";
+    }
+    std::string shown(token.substr(0, kNumberTextMaxBytes));
+    if (shown.size() < token.size()) shown += "...";
+    return shown;
+}
+
+// What a type error says was found instead.
+std::string describe(ondemand::value& value, ondemand::json_type type) {
+    switch (type) {
+        case ondemand::json_type::object:
+            return "an object";
+        case ondemand::json_type::array:
+            return "an array";
+        case ondemand::json_type::string:
+            return "a string";
+        case ondemand::json_type::boolean:
+            return "a boolean";
+        case ondemand::json_type::null:
+            return "null";
+        case ondemand::json_type::number:
+            break;
+    }
+    return describe_number(number_token(value));
+}
+
+std::string element_label(std::string_view tensor, std::string_view field, std::size_t index) {
+    return tensor_label(tensor) + std::string(field) + "[" + std::to_string(index) + "]";
+}
+
+// Nesting levels of the schema: the header object, a tensor entry or
+// __metadata__, a shape / data_offsets array or a metadata value, an element.
+constexpr std::size_t kTopLevel = 1;
+constexpr std::size_t kEntryLevel = 2;
+constexpr std::size_t kValueLevel = 3;
+constexpr std::size_t kElementLevel = 4;
+
+enum Field : unsigned { dtype_field = 1, shape_field = 2, offsets_field = 4 };
+constexpr unsigned kAllFields = dtype_field | shape_field | offsets_field;
+constexpr std::array<std::string_view, 3> kFieldNames{"dtype", "shape", "data_offsets"};
+
+// The key of a tensor entry's member. The usual spellings are matched in the
+// raw text, as unescaping every key costs a measurable share of the check;
+// others, "dt\u0079pe" included, are unescaped.
+std::string_view entry_key(ondemand::field& member) {
+    const ondemand::raw_json_string raw = member.key();
+    for (const std::string_view name : kFieldNames) {
+        if (raw.unsafe_is_equal(name)) return name;  // needs no quote or backslash in `name`
+    }
+    return take(member.unescaped_key());
+}
+
+// Which field of a tensor entry `key` is; unknown and repeated ones are refused.
+Field entry_field(std::string_view key, unsigned seen, std::string_view tensor) {
+    const Field field = key == "dtype"          ? dtype_field
+                        : key == "shape"        ? shape_field
+                        : key == "data_offsets" ? offsets_field
+                                                : Field{};
+    if (field == Field{}) {
+        fail(tensor_label(tensor) + "unexpected field " + quote(key) +
+             " (only dtype, shape and data_offsets are allowed)");
+    }
+    if ((seen & field) != 0) fail(tensor_label(tensor) + "duplicate field " + quote(key));
+    return field;
+}
+
+void check_all_fields(unsigned seen, std::string_view tensor) {
+    if (seen == kAllFields) return;
+    std::string missing;
+    if ((seen & dtype_field) == 0) missing += " dtype";
+    if ((seen & shape_field) == 0) missing += " shape";
+    if ((seen & offsets_field) == 0) missing += " data_offsets";
+    fail(tensor_label(tensor) + "missing field(s):" + missing);
+}
+
+// Reads the header into the index with simdjson's On-Demand iterator, which
+// walks the text in order and keeps no tree: each value's type is checked
+// before anything inside it is read, so the first value the schema does not
+// allow is the one reported (as with the SAX parser this replaces), hostile
+// nesting is cut off at the first level the schema or max_json_depth refuses,
+// and duplicate keys are seen because every member is visited. Raw tokens keep
+// "-0", "1.0" and integers beyond 2^64 apart from plain integers.
+class HeaderReader {
   public:
-    explicit HeaderHandler(const CheckLimits& limits) : limits_(limits) {}
-
-    bool null() override { type_error("null"); }
-    bool boolean(bool /*value*/) override { type_error("a boolean"); }
-    bool binary(binary_t& /*value*/) override { type_error("binary data"); }
-    bool number_integer(number_integer_t value) override;
-    bool number_unsigned(number_unsigned_t value) override;
-    bool number_float(number_float_t value, const string_t& text) override;
-    bool string(string_t& value) override;
-    bool start_object(std::size_t elements) override;
-    bool key(string_t& name) override;
-    bool end_object() override;
-    bool start_array(std::size_t elements) override;
-    bool end_array() override;
-    bool parse_error(std::size_t position, const std::string& last_token,
-                     const Json::exception& ex) override;
-
-    [[nodiscard]] bool complete() const { return where_ == Where::done; }
-    std::vector<TensorEntry>& tensors() { return tensors_; }
-    std::map<std::string, std::string>& metadata() { return metadata_; }
+    explicit HeaderReader(const CheckLimits& limits) : limits_(limits) {}
+    void read(ondemand::document& document, SafetensorsIndex& index) const;
 
   private:
-    // Where the parser is in the schema; value events apply to the last key.
-    enum class Where { root, top, metadata, entry, shape, offsets, done };
-    enum Field : unsigned { no_field = 0, dtype_field = 1, shape_field = 2, offsets_field = 4 };
-    static constexpr unsigned kAllFields = dtype_field | shape_field | offsets_field;
-
-    [[noreturn]] void type_error(std::string_view found) const;
-    [[nodiscard]] std::string expectation() const;
-    [[nodiscard]] std::string field_expectation() const;
-    [[nodiscard]] std::string element_label() const;
-    void enter_container();
-    void top_level_key(const std::string& name);
-    void entry_field_key(const std::string& name);
-    void finish_entry();
+    void read_metadata(ondemand::value& value, std::map<std::string, std::string>& metadata) const;
+    void read_tensor(std::string_view name, ondemand::value& value,
+                     std::vector<TensorEntry>& tensors) const;
+    void read_entry(ondemand::value& value, TensorEntry& tensor) const;
+    void read_field(Field field, ondemand::value& value, TensorEntry& tensor) const;
+    void read_dtype(ondemand::value& value, TensorEntry& tensor) const;
+    void read_shape(ondemand::value& value, TensorEntry& tensor) const;
+    void read_offsets(ondemand::value& value, TensorEntry& tensor) const;
+    template <typename Label>
+    std::uint64_t read_integer(ondemand::value& element, const Label& label) const;
+    template <typename Expectation>
+    void require_type(ondemand::value& value, ondemand::json_type wanted, std::size_t level,
+                      const Expectation& expectation) const;
+    void check_depth(std::size_t level) const;
 
     const CheckLimits& limits_;
-    Where where_ = Where::root;
-    std::size_t depth_ = 0;
-    bool value_is_metadata_ = false;  // the pending top-level key is __metadata__
-    std::string metadata_key_;        // the pending __metadata__ key
-    Field field_ = no_field;          // the pending entry field
-    unsigned fields_seen_ = 0;
-    std::size_t offsets_seen_ = 0;
-    TensorEntry current_;
-    bool metadata_seen_ = false;
-    std::vector<TensorEntry> tensors_;
-    std::map<std::string, std::string> metadata_;
 };
 
-void HeaderHandler::type_error(std::string_view found) const {
-    fail(expectation() + ", found " + std::string(found));
-}
-
-// What the schema wants at the current position, for type errors.
-std::string HeaderHandler::expectation() const {
-    switch (where_) {
-        case Where::root:
-            return "the header must be a JSON object";
-        case Where::top:
-            return value_is_metadata_ ? "\"__metadata__\" must be an object"
-                                      : tensor_label(current_.name) + "entry must be an object";
-        case Where::metadata:
-            return "\"__metadata__\" must map strings to strings, but key " + quote(metadata_key_) +
-                   " does not hold a string";
-        case Where::entry:
-            return tensor_label(current_.name) + field_expectation();
-        case Where::shape:
-        case Where::offsets:
-            return element_label() + " must be a non-negative integer";
-        case Where::done:
-            break;
-    }
-    return "nothing may follow the header object";
-}
-
-std::string HeaderHandler::field_expectation() const {
-    switch (field_) {
-        case dtype_field:
-            return "\"dtype\" must be a string";
-        case shape_field:
-            return "\"shape\" must be an array of integers";
-        case offsets_field:
-            return "\"data_offsets\" must be an array of 2 integers";
-        case no_field:
-            break;
-    }
-    return "unexpected value";
-}
-
-// e.g. `tensor "w": shape[1]`, naming the element about to be stored.
-std::string HeaderHandler::element_label() const {
-    const bool in_shape = where_ == Where::shape;
-    const std::size_t index = in_shape ? current_.shape.size() : offsets_seen_;
-    return tensor_label(current_.name) + (in_shape ? "shape[" : "data_offsets[") +
-           std::to_string(index) + "]";
-}
-
-bool HeaderHandler::number_integer(number_integer_t value) {
-    // nlohmann reports only numbers written with a minus sign here ("-0" too).
-    type_error(value == 0 ? std::string("-0") : std::to_string(value));
-}
-
-bool HeaderHandler::number_unsigned(number_unsigned_t value) {
-    if (where_ != Where::shape && where_ != Where::offsets) type_error("a number");
-    if (value > kMaxExactInteger) {
-        fail(element_label() + " is " + std::to_string(value) + ", above the limit 2^53-1");
-    }
-    if (where_ == Where::shape) {
-        if (current_.shape.size() >= limits_.max_rank) {
-            too_large(tensor_label(current_.name) + "rank exceeds the limit of " +
-                      std::to_string(limits_.max_rank) + " dimensions");
+void HeaderReader::read(ondemand::document& document, SafetensorsIndex& index) const {
+    check_depth(kTopLevel);
+    ondemand::object members = take(document.get_object());
+    bool metadata_seen = false;
+    for (auto result : members) {
+        ondemand::field member = take(result);
+        const std::string_view key = take(member.unescaped_key());
+        if (key != kMetadataKey) {
+            read_tensor(key, member.value(), index.tensors);
+        } else if (std::exchange(metadata_seen, true)) {
+            fail("duplicate \"__metadata__\" key");
+        } else {
+            read_metadata(member.value(), index.metadata);
         }
-        current_.shape.push_back(value);
-        return true;
     }
-    if (offsets_seen_ >= 2) {
-        fail(tensor_label(current_.name) + "\"data_offsets\" must hold exactly 2 integers");
-    }
-    (offsets_seen_ == 0 ? current_.begin : current_.end) = value;
-    ++offsets_seen_;
-    return true;
-}
-
-bool HeaderHandler::number_float(number_float_t /*value*/, const string_t& text) {
-    // Fractions, exponents and integers beyond 2^64 all arrive here; the token
-    // is number characters only, so echoing a bounded prefix is safe.
-    std::string shown = text.substr(0, kNumberTextMaxBytes);
-    if (shown.size() < text.size()) shown += "...";
-    type_error(shown);
-}
-
-bool HeaderHandler::string(string_t& value) {
-    if (where_ == Where::metadata) {
-        metadata_.emplace(metadata_key_, value);
-        return true;
-    }
-    if (where_ != Where::entry || field_ != dtype_field) type_error("a string");
-    if (dtype_bits(value) == 0) fail(tensor_label(current_.name) + "unknown dtype " + quote(value));
-    current_.dtype = value;
-    return true;
-}
-
-void HeaderHandler::enter_container() {
-    if (++depth_ > limits_.max_json_depth) {
-        too_large("header JSON nests deeper than the limit of " +
-                  std::to_string(limits_.max_json_depth) + " levels");
+    // simdjson 3.0 has no document::at_end(); current_location() reports
+    // OUT_OF_BOUNDS exactly when no token follows the header object.
+    if (document.current_location().error() != simdjson::OUT_OF_BOUNDS) {
+        fail_json(simdjson::TRAILING_CONTENT);
     }
 }
 
-bool HeaderHandler::start_object(std::size_t /*elements*/) {
-    enter_container();
-    if (where_ == Where::root) {
-        where_ = Where::top;
-    } else if (where_ == Where::top) {
-        where_ = value_is_metadata_ ? Where::metadata : Where::entry;
-    } else {
-        type_error("an object");
+void HeaderReader::read_metadata(ondemand::value& value,
+                                 std::map<std::string, std::string>& metadata) const {
+    require_type(value, ondemand::json_type::object, kEntryLevel,
+                 [] { return std::string("\"__metadata__\" must be an object"); });
+    ondemand::object members = take(value.get_object());
+    for (auto result : members) {
+        ondemand::field member = take(result);
+        std::string key(take(member.unescaped_key()));
+        if (metadata.contains(key)) fail("duplicate key " + quote(key) + " in \"__metadata__\"");
+        ondemand::value& text = member.value();
+        require_type(text, ondemand::json_type::string, kValueLevel, [&key] {
+            return "\"__metadata__\" must map strings to strings, but key " + quote(key) +
+                   " does not hold a string";
+        });
+        metadata.emplace(std::move(key), take(text.get_string()));
     }
-    return true;
 }
 
-bool HeaderHandler::key(string_t& name) {
-    if (where_ == Where::top) {
-        top_level_key(name);
-    } else if (where_ == Where::entry) {
-        entry_field_key(name);
-    } else {  // Where::metadata: the only other object the schema allows
-        if (metadata_.contains(name)) fail("duplicate key " + quote(name) + " in \"__metadata__\"");
-        metadata_key_ = name;
-    }
-    return true;
-}
-
-// A top-level key names a tensor or is __metadata__; both must be unique.
-// (Repeated tensor names are found by check_unique_names once all are read.)
-void HeaderHandler::top_level_key(const std::string& name) {
-    value_is_metadata_ = name == kMetadataKey;
-    if (value_is_metadata_) {
-        if (metadata_seen_) fail("duplicate \"__metadata__\" key");
-        metadata_seen_ = true;
-        return;
-    }
+// A top-level key other than __metadata__ names a tensor. Repeated names are
+// found by check_unique_names once all are read.
+void HeaderReader::read_tensor(std::string_view name, ondemand::value& value,
+                               std::vector<TensorEntry>& tensors) const {
     if (name.size() > limits_.max_name_bytes) {
         too_large("tensor name " + quote(name) + " exceeds the limit of " +
                   std::to_string(limits_.max_name_bytes) + " bytes");
     }
-    if (tensors_.size() >= limits_.max_tensors) {
+    if (tensors.size() >= limits_.max_tensors) {
         too_large("header holds more than the limit of " + std::to_string(limits_.max_tensors) +
                   " tensors");
     }
-    current_ = TensorEntry{};
-    current_.name = name;
-    fields_seen_ = 0;
-    offsets_seen_ = 0;
+    TensorEntry& tensor = tensors.emplace_back();
+    tensor.name = name;
+    read_entry(value, tensor);
 }
 
 // Entries hold exactly dtype, shape and data_offsets, each once.
-void HeaderHandler::entry_field_key(const std::string& name) {
-    field_ = name == "dtype"          ? dtype_field
-             : name == "shape"        ? shape_field
-             : name == "data_offsets" ? offsets_field
-                                      : no_field;
-    if (field_ == no_field) {
-        fail(tensor_label(current_.name) + "unexpected field " + quote(name) +
-             " (only dtype, shape and data_offsets are allowed)");
+void HeaderReader::read_entry(ondemand::value& value, TensorEntry& tensor) const {
+    require_type(value, ondemand::json_type::object, kEntryLevel,
+                 [&tensor] { return tensor_label(tensor.name) + "entry must be an object"; });
+    ondemand::object members = take(value.get_object());
+    unsigned seen = 0;
+    for (auto result : members) {
+        ondemand::field member = take(result);
+        const Field field = entry_field(entry_key(member), seen, tensor.name);
+        seen |= field;
+        read_field(field, member.value(), tensor);
     }
-    if ((fields_seen_ & field_) != 0) {
-        fail(tensor_label(current_.name) + "duplicate field " + quote(name));
-    }
-    fields_seen_ |= field_;
+    check_all_fields(seen, tensor.name);
 }
 
-bool HeaderHandler::end_object() {
-    --depth_;
-    if (where_ == Where::entry) {
-        finish_entry();
-        where_ = Where::top;
-    } else if (where_ == Where::metadata) {
-        where_ = Where::top;
-    } else {  // Where::top: the header object is complete
-        where_ = Where::done;
+void HeaderReader::read_field(Field field, ondemand::value& value, TensorEntry& tensor) const {
+    switch (field) {
+        case dtype_field:
+            read_dtype(value, tensor);
+            break;
+        case shape_field:
+            read_shape(value, tensor);
+            break;
+        case offsets_field:
+            read_offsets(value, tensor);
+            break;
     }
-    return true;
 }
 
-void HeaderHandler::finish_entry() {
-    if (fields_seen_ != kAllFields) {
-        std::string missing;
-        if ((fields_seen_ & dtype_field) == 0) missing += " dtype";
-        if ((fields_seen_ & shape_field) == 0) missing += " shape";
-        if ((fields_seen_ & offsets_field) == 0) missing += " data_offsets";
-        fail(tensor_label(current_.name) + "missing field(s):" + missing);
-    }
-    tensors_.push_back(std::move(current_));
+void HeaderReader::read_dtype(ondemand::value& value, TensorEntry& tensor) const {
+    require_type(value, ondemand::json_type::string, kValueLevel,
+                 [&tensor] { return tensor_label(tensor.name) + "\"dtype\" must be a string"; });
+    const std::string_view dtype = take(value.get_string());
+    if (dtype_bits(dtype) == 0) fail(tensor_label(tensor.name) + "unknown dtype " + quote(dtype));
+    tensor.dtype = dtype;
 }
 
-bool HeaderHandler::start_array(std::size_t /*elements*/) {
-    enter_container();
-    if (where_ == Where::entry && field_ == shape_field) {
-        where_ = Where::shape;
-    } else if (where_ == Where::entry && field_ == offsets_field) {
-        where_ = Where::offsets;
-    } else {
-        type_error("an array");
+void HeaderReader::read_shape(ondemand::value& value, TensorEntry& tensor) const {
+    require_type(value, ondemand::json_type::array, kValueLevel, [&tensor] {
+        return tensor_label(tensor.name) + "\"shape\" must be an array of integers";
+    });
+    ondemand::array elements = take(value.get_array());
+    for (auto result : elements) {
+        ondemand::value element = take(result);
+        const std::uint64_t dim = read_integer(element, [&tensor] {
+            return element_label(tensor.name, "shape", tensor.shape.size());
+        });
+        if (tensor.shape.size() >= limits_.max_rank) {
+            too_large(tensor_label(tensor.name) + "rank exceeds the limit of " +
+                      std::to_string(limits_.max_rank) + " dimensions");
+        }
+        tensor.shape.push_back(dim);
     }
-    return true;
 }
 
-bool HeaderHandler::end_array() {
-    --depth_;
-    if (where_ == Where::offsets && offsets_seen_ != 2) {
-        fail(tensor_label(current_.name) + "\"data_offsets\" must hold exactly 2 integers, found " +
-             std::to_string(offsets_seen_));
+void HeaderReader::read_offsets(ondemand::value& value, TensorEntry& tensor) const {
+    const auto must_hold_two = [&tensor] {
+        return tensor_label(tensor.name) + "\"data_offsets\" must hold exactly 2 integers";
+    };
+    require_type(value, ondemand::json_type::array, kValueLevel, [&tensor] {
+        return tensor_label(tensor.name) + "\"data_offsets\" must be an array of 2 integers";
+    });
+    ondemand::array elements = take(value.get_array());
+    std::size_t count = 0;
+    for (auto result : elements) {
+        ondemand::value element = take(result);
+        const std::uint64_t offset = read_integer(element, [&tensor, count] {
+            return element_label(tensor.name, "data_offsets", count);
+        });
+        if (count >= 2) fail(must_hold_two());
+        (count == 0 ? tensor.begin : tensor.end) = offset;
+        ++count;
     }
-    where_ = Where::entry;  // arrays exist only as shape and data_offsets values
-    return true;
+    if (count != 2) fail(must_hold_two() + ", found " + std::to_string(count));
 }
 
-bool HeaderHandler::parse_error(std::size_t position, const std::string& /*last_token*/,
-                                const Json::exception& ex) {
-    fail("header is not valid JSON (header byte " + std::to_string(position) +
-         "): " + describe_parse_error(ex));
+// A non-negative integer below 2^53; `label` names the element for messages.
+template <typename Label>
+std::uint64_t HeaderReader::read_integer(ondemand::value& element, const Label& label) const {
+    std::uint64_t number = 0;
+    if (element.get_uint64().get(number) != simdjson::SUCCESS) {
+        const auto expectation = [&label] { return label() + " must be a non-negative integer"; };
+        require_type(element, ondemand::json_type::number, kElementLevel, expectation);
+        // A number, but negative, fractional, with an exponent or beyond 2^64.
+        fail(expectation() + ", found " + describe_number(number_token(element)));
+    }
+    if (number > kMaxExactInteger) {
+        fail(label() + " is " + std::to_string(number) + ", above the limit 2^53-1");
+    }
+    return number;
+}
+
+// Refuses `value` unless it has the type the schema wants at this point. A
+// container's depth is checked before its type, as the SAX parser did.
+template <typename Expectation>
+void HeaderReader::require_type(ondemand::value& value, ondemand::json_type wanted,
+                                std::size_t level, const Expectation& expectation) const {
+    const ondemand::json_type type = take(value.type());
+    if (type == ondemand::json_type::object || type == ondemand::json_type::array) {
+        check_depth(level);
+    }
+    if (type != wanted) fail(expectation() + ", found " + describe(value, type));
+}
+
+void HeaderReader::check_depth(std::size_t level) const {
+    if (level > limits_.max_json_depth) {
+        too_large("header JSON nests deeper than the limit of " +
+                  std::to_string(limits_.max_json_depth) + " levels");
+    }
 }
 
 // Checks the prefix and returns the header bytes; fills header_size/data_offset.
@@ -427,12 +496,16 @@ std::string_view locate_header(std::span<const std::byte> image, const CheckLimi
             static_cast<std::size_t>(n)};
 }
 
-// Byte-level rules checked before JSON parsing. NUL gets its own check because
-// nlohmann's lexer reads a NUL byte as end of input and would accept `{}\0junk`.
+// Byte-level rules checked before JSON parsing. simdjson refuses NUL too, but
+// this check names the byte and says why: padding must be JSON whitespace.
 void check_header_bytes(std::string_view header) {
     if (header.empty()) fail("header is empty; it must hold a JSON object");
-    if (const auto bad = find_invalid_utf8(header); bad != std::string_view::npos) {
-        fail("header is not valid UTF-8 (header byte " + std::to_string(bad) + ")");
+    // simdjson's SIMD check is as strict as utf8_sequence (no overlong forms,
+    // surrogates or code points above U+10FFFF) and much faster; the byte-wise
+    // scan runs only to name the first bad byte.
+    if (!simdjson::validate_utf8(header.data(), header.size())) {
+        fail("header is not valid UTF-8 (header byte " + std::to_string(find_invalid_utf8(header)) +
+             ")");
     }
     if (const auto nul = header.find('\0'); nul != std::string_view::npos) {
         fail("header contains a NUL byte (header byte " + std::to_string(nul) +
@@ -444,22 +517,61 @@ void check_header_bytes(std::string_view header) {
     }
 }
 
-void parse_header(std::string_view header, const CheckLimits& limits, SafetensorsIndex& index) {
-    HeaderHandler handler(limits);
-    try {
-        // strict: only JSON whitespace may follow the object.
-        if (!Json::sax_parse(header.begin(), header.end(), &handler, Json::input_format_t::json,
-                             /*strict=*/true, /*ignore_comments=*/false) ||
-            !handler.complete()) {
-            fail("header is not valid JSON");
-        }
-    } catch (const Json::exception& ex) {  // defensive: the handler reports errors itself
-        fail("header is not valid JSON: " + describe_parse_error(ex));
-    } catch (const std::bad_alloc&) {
-        too_large("header needs more memory than is available to check it");
+// simdjson reads up to SIMDJSON_PADDING bytes past the end of its input
+// (their content does not affect the result). The data section usually
+// provides them; otherwise the header is copied into `copy`.
+simdjson::padded_string_view padded_header(std::string_view header, std::size_t bytes_after,
+                                           simdjson::padded_string& copy) {
+    if (bytes_after >= simdjson::SIMDJSON_PADDING) {
+        return simdjson::padded_string_view(header.data(), header.size(),
+                                            header.size() + simdjson::SIMDJSON_PADDING);
     }
-    index.tensors = std::move(handler.tensors());
-    index.metadata = std::move(handler.metadata());
+    copy = simdjson::padded_string(header);
+    if (copy.data() == nullptr) out_of_memory();
+    return copy;
+}
+
+// The members of the header object, counted in a pass that skips their values
+// (the walk checks them later), with `document` rewound for that walk; nullopt
+// when the top level itself is broken, which leaves `document` unusable.
+std::optional<std::size_t> count_members(ondemand::document& document) {
+    ondemand::object members;
+    std::size_t count = 0;
+    if (document.get_object().get(members) != simdjson::SUCCESS ||
+        members.count_fields().get(count) != simdjson::SUCCESS) {
+        return std::nullopt;
+    }
+    document.rewind();
+    return count;
+}
+
+// Room for the tensors, made before the walk: growing the list entry by entry
+// costs more than counting. Capped by how many valid entries the header could
+// hold, so a hostile member count allocates no more than real entries would.
+std::size_t tensor_capacity(std::optional<std::size_t> members, std::size_t header_bytes,
+                            const CheckLimits& limits) {
+    const std::uint64_t valid_entries = header_bytes / kMinEntryBytes;
+    return static_cast<std::size_t>(
+        std::min({std::uint64_t{members.value_or(0)}, valid_entries, limits.max_tensors}));
+}
+
+// `bytes_after`: how many bytes of the image follow the header.
+void parse_header(std::string_view header, std::size_t bytes_after, const CheckLimits& limits,
+                  SafetensorsIndex& index) {
+    try {
+        simdjson::padded_string copy;
+        const simdjson::padded_string_view input = padded_header(header, bytes_after, copy);
+        ondemand::parser parser;
+        ondemand::document document = take(parser.iterate(input));
+        const std::optional<std::size_t> members = count_members(document);
+        // Broken at the top level: a fresh iteration lets the walk report the
+        // first problem in document order.
+        if (!members) document = take(parser.iterate(input));
+        index.tensors.reserve(tensor_capacity(members, header.size(), limits));
+        HeaderReader(limits).read(document, index);
+    } catch (const std::bad_alloc&) {
+        out_of_memory();
+    }
 }
 
 // Reference InvalidOffset: offsets are ordered, and each tensor begins exactly
@@ -539,7 +651,11 @@ void check_layout(std::vector<TensorEntry>& tensors, std::uint64_t data_bytes) {
 
 std::uint64_t dtype_bits(std::string_view dtype) {
     for (const DtypeInfo& info : kDtypes) {
-        if (info.name == dtype) return info.bits;
+        // Size and first byte rule out most entries without a memcmp call;
+        // this runs twice per tensor.
+        if (info.name.size() == dtype.size() && info.name[0] == dtype[0] && info.name == dtype) {
+            return info.bits;
+        }
     }
     return 0;
 }
@@ -548,7 +664,7 @@ SafetensorsIndex check_safetensors(std::span<const std::byte> image, const Check
     SafetensorsIndex index;
     const std::string_view header = locate_header(image, limits, index);
     check_header_bytes(header);
-    parse_header(header, limits, index);
+    parse_header(header, image.size() - static_cast<std::size_t>(index.data_offset), limits, index);
     check_unique_names(index.tensors);
     check_layout(index.tensors, static_cast<std::uint64_t>(image.size()) - index.data_offset);
     return index;

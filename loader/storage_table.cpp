@@ -13,7 +13,10 @@ std::uint32_t StorageTable::declare(const std::string& key, DType dtype, std::ui
                                               std::to_string(nbytes) +
                                               " bytes, above the output limit");
     }
-    if (const auto it = by_key_.find(key); it != by_key_.end()) {
+    // One hash lookup whether the key is new or seen (once per tensor).
+    const auto [it, inserted] =
+        by_key_.try_emplace(key, static_cast<std::uint32_t>(storages_.size()));
+    if (!inserted) {
         const Storage& seen = storages_[it->second];
         if (seen.dtype != dtype || seen.nbytes != nbytes) {
             throw Error(ErrorCode::malformed, "storage \"" + key +
@@ -26,13 +29,12 @@ std::uint32_t StorageTable::declare(const std::string& key, DType dtype, std::ui
         return it->second;
     }
     if (storages_.size() >= limits_.max_tensors) {
+        by_key_.erase(it);
         throw Error(ErrorCode::too_large, "more storages than the tensor limit (" +
                                               std::to_string(limits_.max_tensors) + ")");
     }
-    const auto index = static_cast<std::uint32_t>(storages_.size());
     storages_.push_back(Storage{key, dtype, nbytes, location, {}, false, false});
-    by_key_.emplace(key, index);
-    return index;
+    return it->second;
 }
 
 void StorageTable::bind(std::uint32_t index, std::span<const std::byte> bytes, bool big_endian) {

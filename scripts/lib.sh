@@ -9,7 +9,8 @@ BUILD_DIR="${PICKLEJAIL_BUILD_DIR:-$REPO_ROOT/build}"
 PYTHON=/usr/bin/python3
 
 BUILD_PACKAGES=(cmake g++ make pkg-config zlib1g-dev libminizip-dev nlohmann-json3-dev
-    libcli11-dev libseccomp-dev libboost-dev libsystemd-dev libssl-dev catch2 libmimalloc-dev)
+    libcli11-dev libseccomp-dev libboost-dev libsystemd-dev libssl-dev catch2 libmimalloc-dev
+    libsimdjson-dev)
 TEST_PACKAGES=(python3 python3-pytest python3-numpy python3-torch python3-venv python3-pip
     python3-setuptools python3-wheel nodejs systemd libbenchmark-dev)
 

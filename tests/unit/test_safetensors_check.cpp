@@ -344,7 +344,8 @@ TEST_CASE("safetensors_check: entries need exactly dtype, shape and data_offsets
 }
 
 TEST_CASE("safetensors_check: NUL padding after the JSON is rejected", "[safetensors_check]") {
-    // nlohmann's lexer treats NUL as end of input, so this must be caught separately.
+    // A byte rule of its own: the message names the byte, and NUL inside or after
+    // the object must never end the text early.
     require_malformed(make_image("{}", 0, "\0\0\0\0\0\0"sv), "NUL byte (header byte 2)");
     require_malformed(make_image(kTestI32, 16, "\0junk"sv), "NUL byte");
 }
@@ -352,8 +353,11 @@ TEST_CASE("safetensors_check: NUL padding after the JSON is rejected", "[safeten
 TEST_CASE("safetensors_check: anything but whitespace after the object is rejected",
           "[safetensors_check]") {
     require_malformed(make_image("{}x", 0), "not valid JSON");
-    require_malformed(make_image("{}{}", 0), "expected end of input");
+    require_malformed(make_image("{}{}", 0), "not valid JSON: Unexpected trailing content");
+    require_malformed(make_image("{}}", 0), "not valid JSON");
     require_malformed(make_image("{} /* c */", 0), "not valid JSON");
+    require_malformed(make_image(kTestI32 + "x", 16), "not valid JSON");
+    require_malformed(make_image(kTestI32 + kTestI32, 16), "not valid JSON");
 }
 
 TEST_CASE("safetensors_check: leading whitespace and BOM are rejected", "[safetensors_check]") {
@@ -364,22 +368,43 @@ TEST_CASE("safetensors_check: leading whitespace and BOM are rejected", "[safete
 
 TEST_CASE("safetensors_check: deep nesting fails cleanly", "[safetensors_check]") {
     const std::string deep(100000, '[');
-    require_malformed(make_image("{\"a\":" + deep, 0), "tensor \"a\": entry must be an object");
-    require_malformed(make_image(deep, 0), "must start with '{'");
-    require_malformed(make_image(R"({"__metadata__":{"k":)" + deep, 0), "found an array");
+    const std::string closed = deep + std::string(100000, ']');
+    // Balanced: the first value the schema refuses is reported, nothing below it is read.
+    require_malformed(make_image("{\"a\":" + closed + "}", 0),
+                      "tensor \"a\": entry must be an object, found an array");
+    require_malformed(make_image(R"({"__metadata__":{"k":)" + closed + "}}", 0),
+                      "does not hold a string, found an array");
+    require_malformed(make_image(R"({"w":{"dtype":"U8","shape":[)" + closed + "]}}", 0),
+                      "tensor \"w\": shape[0] must be a non-negative integer, found an array");
     std::string objects;
     for (int i = 0; i < 100000; ++i) objects += "{\"a\":";
-    require_malformed(make_image(objects, 0), "unexpected field \"a\"");
+    require_malformed(make_image(objects + "{}" + std::string(100000, '}'), 0),
+                      "unexpected field \"a\"");
+    // Unterminated: simdjson refuses the text before any value is read.
+    require_malformed(make_image("{\"a\":" + deep, 0), "not valid JSON");
+    require_malformed(make_image(objects, 0), "not valid JSON");
+    require_malformed(make_image(deep, 0), "must start with '{'");
 
     CheckLimits shallow;
+    shallow.max_json_depth = 0;
+    require_error(make_image("{}", 0), ErrorCode::too_large, "deeper than the limit of 0", shallow);
     shallow.max_json_depth = 1;
-    require_error(make_image("{\"a\":" + deep, 0), ErrorCode::too_large,
+    require_error(make_image("{\"a\":" + closed + "}", 0), ErrorCode::too_large,
                   "deeper than the limit of 1", shallow);
+    require_error(make_image(R"({"a":{}})", 0), ErrorCode::too_large, "deeper than the limit of 1",
+                  shallow);
     shallow.max_json_depth = 2;  // a valid header nests 3 levels (object, entry, shape)
     require_error(make_image(kTestI32, 16), ErrorCode::too_large, "deeper than the limit of 2",
                   shallow);
+    // Empty containers count too.
+    require_error(make_image("{" + entry("s", "U8", "[]", "[0,1]") + "}", 1), ErrorCode::too_large,
+                  "deeper than the limit of 2", shallow);
     shallow.max_json_depth = 3;
     CHECK(run(make_image(kTestI32, 16), shallow).code == "ok");
+    require_malformed(make_image(R"({"w":{"dtype":"U8","shape":[[1]],"data_offsets":[0,1]}})", 1),
+                      "found an array");
+    require_error(make_image(R"({"w":{"dtype":"U8","shape":[[1]],"data_offsets":[0,1]}})", 1),
+                  ErrorCode::too_large, "deeper than the limit of 3", shallow);
 }
 
 TEST_CASE("safetensors_check: unknown dtypes are rejected", "[safetensors_check]") {
@@ -417,14 +442,157 @@ TEST_CASE("safetensors_check: numbers must be non-negative integers below 2^53",
     require_malformed(image("[4]", "[-0,4]"), "data_offsets[0] must be a non-negative integer");
     require_malformed(image("[4.0]", "[0,4]"),
                       "shape[0] must be a non-negative integer, found 4.0");
+    require_malformed(image("[1.0]", "[0,4]"), "found 1.0");
+    require_malformed(image("[1e3]", "[0,4]"),
+                      "shape[0] must be a non-negative integer, found 1e3");
+    require_malformed(image("[4]", "[0,4E+0]"), "found 4E+0");
+    require_malformed(image("[-9223372036854775809]", "[0,4]"), "found -9223372036854775809");
     require_malformed(image("[4]", "[0,4e0]"), "data_offsets[1] must be a non-negative integer");
     require_malformed(image("[4]", "[0,18446744073709551616]"), "found 18446744073709551616");
+    require_malformed(image("[4]", "[0,18446744073709551615]"),
+                      "data_offsets[1] is 18446744073709551615, above the limit 2^53-1");
+    require_malformed(image("[4]", "[0," + std::string(40, '9') + "]"),
+                      "found " + std::string(32, '9') + "...");
     require_malformed(image("[4]", "[0,9007199254740992]"), "above the limit 2^53-1");
     require_malformed(image("[true]", "[0,4]"), "found a boolean");
+    require_malformed(image("[null]", "[0,4]"), "found null");
+    require_malformed(image("[{}]", "[0,4]"), "found an object");
     require_malformed(image("[[4]]", "[0,4]"), "found an array");
     require_malformed(image("[\"4\"]", "[0,4]"), "found a string");
     // 2^53-1 itself is in range; this one then fails on size, not on range.
     require_malformed(image("[9007199254740991]", "[0,4]"), "needs 9007199254740991");
+}
+
+TEST_CASE("safetensors_check: bad number syntax is invalid JSON", "[safetensors_check]") {
+    const auto image = [](std::string_view shape) {
+        return make_image("{" + entry("w", "U8", shape, "[0,4]") + "}", 4);
+    };
+    for (const auto bad : {"[01]"sv, "[1.]"sv, "[.5]"sv, "[-]"sv, "[1e]"sv, "[+1]"sv, "[1x]"sv,
+                           "[0x10]"sv, "[4,]"sv, "[4 4]"sv, "[NaN]"sv}) {
+        INFO(bad);
+        require_malformed(image(bad), "header is not valid JSON");
+    }
+}
+
+TEST_CASE("safetensors_check: numbers elsewhere are named as before", "[safetensors_check]") {
+    require_malformed(make_image(R"({"__metadata__":{"n":-1}})", 0), "found -1");
+    require_malformed(make_image(R"({"__metadata__":{"n":-0}})", 0), "found -0");
+    require_malformed(make_image(R"({"__metadata__":{"n":1.5}})", 0), "found 1.5");
+    require_malformed(make_image(R"({"__metadata__":{"n":18446744073709551615}})", 0),
+                      "found a number");
+    require_malformed(make_image(R"({"__metadata__":{"n":18446744073709551616}})", 0),
+                      "found 18446744073709551616");
+    require_malformed(make_image(R"({"__metadata__":{"n":true}})", 0), "found a boolean");
+    require_malformed(make_image(R"({"__metadata__":{"n":01}})", 0), "not valid JSON");
+    require_malformed(make_image(R"({"w":5})", 0),
+                      "tensor \"w\": entry must be an object, found a number");
+    require_malformed(make_image(R"({"w":null})", 0), "entry must be an object, found null");
+    require_malformed(make_image(R"({"w":{"dtype":-2,"shape":[1],"data_offsets":[0,1]}})", 1),
+                      "\"dtype\" must be a string, found -2");
+    require_malformed(make_image(R"({"w":{"dtype":"U8","shape":{},"data_offsets":[0,1]}})", 1),
+                      "\"shape\" must be an array of integers, found an object");
+    require_malformed(make_image(R"({"w":{"dtype":"U8","shape":[1],"data_offsets":"0"}})", 1),
+                      "\"data_offsets\" must be an array of 2 integers, found a string");
+}
+
+TEST_CASE("safetensors_check: escaped keys mean what they spell", "[safetensors_check]") {
+    // Field names are matched raw on the fast path; escaped spellings still count.
+    const SafetensorsIndex index = check_safetensors(
+        make_image(R"({"w\u0031":{"dt\u0079pe":"U8","sh\u0061pe":[1],"data_offsets":[0,1]}})", 1));
+    REQUIRE(index.tensors.size() == 1);
+    CHECK(index.tensors[0].name == "w1");
+    CHECK(index.tensors[0].dtype == "U8");
+    require_malformed(
+        make_image(R"({"w":{"dtype":"U8","dt\u0079pe":"U8","shape":[1],"data_offsets":[0,1]}})", 1),
+        "tensor \"w\": duplicate field \"dtype\"");
+    require_malformed(make_image(R"({"w":{"dtype\"":"U8","shape":[1],"data_offsets":[0,1]}})", 1),
+                      "unexpected field \"dtype\\\"\"");
+    require_malformed(make_image(R"({"w":{"dtypes":"U8","shape":[1],"data_offsets":[0,1]}})", 1),
+                      "unexpected field \"dtypes\"");
+    require_malformed(make_image(R"({"w":{"dtyp":"U8","shape":[1],"data_offsets":[0,1]}})", 1),
+                      "unexpected field \"dtyp\"");
+    require_malformed(make_image(R"({"__m\u0065tadata__":{"a":"b"},"__metadata__":{}})", 0),
+                      "duplicate \"__metadata__\" key");
+    require_malformed(make_image(R"({"__metadata__":{"k":"a","\u006b":"b"}})", 0),
+                      "duplicate key \"k\" in \"__metadata__\"");
+}
+
+TEST_CASE("safetensors_check: strings must be valid JSON strings", "[safetensors_check]") {
+    // Lone or reversed surrogate escapes, bad escapes, raw control characters.
+    for (const auto bad :
+         {R"("\ud800")"sv, R"("\udc00")"sv, R"("\ud800\u0041")"sv, R"("\udc00\ud800")"sv,
+          R"("\x41")"sv, R"("\u12")"sv, "\"a\tb\""sv, "\"a\x01\""sv, "\"a\x7f\x1f\""sv}) {
+        INFO(bad);
+        require_malformed(make_image(R"({"__metadata__":{"k":)" + std::string(bad) + "}}", 0),
+                          "not valid JSON");
+        require_malformed(
+            make_image(
+                "{" + std::string(bad) + R"(:{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", 1),
+            "not valid JSON");
+    }
+    // A valid surrogate pair and escaped text come back decoded.
+    const SafetensorsIndex index =
+        check_safetensors(make_image(R"({"__metadata__":{"k":"\ud83d\ude00\n\u00e9\/"}})", 0));
+    CHECK(index.metadata.at("k") == "\xF0\x9F\x98\x80\n\xC3\xA9/");
+}
+
+TEST_CASE("safetensors_check: unbalanced headers are refused", "[safetensors_check]") {
+    for (const auto bad : {R"({"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]})"sv,
+                           R"({"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]])"sv,
+                           R"({"w":{"dtype":"U8","shape":[1}})"sv,
+                           R"({"w":{"dtype":"U8","shape":[1]],"data_offsets":[0,1]}})"sv,
+                           R"({"w":{"dtype":"U8" "shape":[1],"data_offsets":[0,1]}})"sv,
+                           R"({"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1],}})"sv,
+                           R"({"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},})"sv,
+                           R"({"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}})"sv,
+                           R"({"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}"})"sv,
+                           R"({"w" {"dtype":"U8","shape":[1],"data_offsets":[0,1]}})"sv,
+                           R"({"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}, 1})"sv,
+                           R"({{}})"sv, R"({"a"})"sv, R"({"a":})"sv, R"({:1})"sv}) {
+        INFO(bad);
+        require_malformed(make_image(bad, 1), "not valid JSON");
+    }
+}
+
+TEST_CASE("safetensors_check: the first problem in document order is reported",
+          "[safetensors_check]") {
+    // The top level is broken after the first entry; the entry's error comes first.
+    require_malformed(make_image(R"({"w":5 "x":{}})", 0),
+                      "tensor \"w\": entry must be an object, found a number");
+    require_malformed(make_image(R"({"w":{"dtype":"U8","shape":[-1],"data_offsets":[0,1]},,})", 1),
+                      "shape[0] must be a non-negative integer, found -1");
+    require_malformed(make_image(R"({"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"x"})", 1),
+                      "not valid JSON");
+    // Entries come back complete after the counting pass over the top level.
+    const std::string header = "{" + entry("a", "U8", "[1]", "[0,1]") + "," +
+                               R"("__metadata__":{"k":"v"},)" + entry("b", "U8", "[1]", "[1,2]") +
+                               "}";
+    const SafetensorsIndex index = check_safetensors(make_image(header, 2));
+    REQUIRE(index.tensors.size() == 2);
+    CHECK(index.tensors[1].name == "b");
+    CHECK(index.metadata.at("k") == "v");
+}
+
+TEST_CASE("safetensors_check: bytes after the header never change the result",
+          "[safetensors_check]") {
+    // With 64 or more data bytes the header is parsed in place and simdjson
+    // reads into the data section; with fewer it works on a padded copy.
+    for (const char fill : {'\0', '}', ']', '"', '\\', ' ', '1', '\xff'}) {
+        for (const std::size_t data : {1, 63, 64, 65, 200}) {
+            INFO("fill " << static_cast<int>(static_cast<unsigned char>(fill)) << " data " << data);
+            const std::string header = "{" +
+                                       entry("w", "U8", "[" + std::to_string(data) + "]",
+                                             "[0," + std::to_string(data) + "]") +
+                                       "}";
+            std::string raw = le64(header.size()) + header + std::string(data, fill);
+            const SafetensorsIndex index = check_safetensors(to_bytes(raw));
+            REQUIRE(index.tensors.size() == 1);
+            CHECK(index.tensors[0].end == data);
+            // An unterminated header stays refused whatever follows it.
+            raw = le64(header.size() - 1) + header + std::string(data, fill);
+            require_malformed(to_bytes(raw), "not valid JSON");
+        }
+    }
 }
 
 TEST_CASE("safetensors_check: tensor count cap gives too_large", "[safetensors_check]") {

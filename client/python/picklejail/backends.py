@@ -13,6 +13,8 @@ flags and not shared it returns `array` itself, which the rebuilder relies on
 to hand out a whole state dict without a call per tensor.
 """
 
+import itertools
+import operator
 import sys
 
 from .errors import Malformed, Unsupported
@@ -143,9 +145,11 @@ class TorchBuilder:
                     image.buffer, dtype=dtype, count=entry.numel,
                     offset=image.data_offset + entry.begin).reshape(entry.shape)
             return
-        pieces = base[begin:end].view(dtype).split([(e.end - e.begin) // size for e in run])
-        for entry, piece in zip(run, pieces):
-            out[entry.name] = piece if len(entry.shape) == 1 else piece.view(entry.shape)
+        pieces = base[begin:end].view(dtype).split(list(map(_NUMEL, run)))
+        out.update(zip(map(_NAME, run), pieces))  # right for 1-D tensors, the usual case
+        for entry in run:
+            if len(entry.shape) != 1:
+                out[entry.name] = out[entry.name].view(entry.shape)
 
     def tensor(self, tensor, node, shared):
         if not shared and (node is None or len(node) == 3):  # {"tensor", "id", "dtype"}
@@ -183,15 +187,12 @@ class TorchBuilder:
         return self._torch.Size(items)
 
 
+_NAME, _NUMEL, _DTYPE = (operator.attrgetter(a) for a in ("name", "numel", "dtype"))
+
+
 def _dtype_runs(entries):
     """Split entries (in data order) into runs of consecutive entries of one dtype."""
-    runs = []
-    for entry in entries:
-        if runs and runs[-1][-1].dtype is entry.dtype:
-            runs[-1].append(entry)
-        else:
-            runs.append([entry])
-    return runs
+    return [list(run) for _, run in itertools.groupby(entries, _DTYPE)]
 
 
 class Placement:

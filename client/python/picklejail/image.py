@@ -145,7 +145,7 @@ def _read_header(buffer, size):
     if length < 2 or 8 + length > size:
         _fail(f"header length {length} does not fit the image ({size} bytes)")
     try:
-        text = bytes(buffer[8:8 + length]).decode("utf-8")
+        text = str(memoryview(buffer)[8:8 + length], "utf-8")  # no intermediate copy
     except UnicodeDecodeError as error:
         _fail(f"header is not UTF-8: {error}")
     header = strict_json(text, "the header", unique_keys=False)
@@ -342,13 +342,18 @@ def _index_description(description, tensors, aliases, select):
 
 
 def tensor_dict_entries(node):
-    """(keys, first id, name prefix) of a dict_of_tensors / odict_of_tensors node, checked.
+    """(keys, first id, name prefix) of a dict_of_tensors / odict_of_tensors node.
 
     Entry i is the tensor node {"tensor": prefix + keys[i], "id": first + i}
-    with the stored tensor's dtype, on the CPU, without flags.
+    with the stored tensor's dtype, on the CPU, without flags. parse_image
+    checks every such node (_checked_tensor_dict) before anything is rebuilt.
     """
     keys = node[ODICT_OF_TENSORS] if ODICT_OF_TENSORS in node else node[DICT_OF_TENSORS]
-    first, prefix = node.get("first_id"), node.get("prefix", "")
+    return keys, node.get("first_id"), node.get("prefix", "")
+
+
+def _checked_tensor_dict(node):
+    keys, first, prefix = tensor_dict_entries(node)
     if type(keys) is not list or not all(type(key) is str for key in keys):
         _fail("a dict_of_tensors node does not hold a list of string keys")
     if type(first) is not int or first < 0 or type(prefix) is not str:
@@ -362,7 +367,7 @@ def _index_tensor_dict(node, tensors, aliases, tensor_ids, unresolved):
     Entries are on the CPU, which is the default of Image.devices, so only ids
     are recorded. Ids that other nodes already use take the per-entry path.
     """
-    keys, first, prefix = tensor_dict_entries(node)
+    keys, first, prefix = _checked_tensor_dict(node)
     names = [prefix + key for key in keys] if prefix else keys
     stored = [name if name in tensors else aliases.get(name) for name in names]
     ids = range(first, first + len(keys))
