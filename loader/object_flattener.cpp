@@ -285,6 +285,11 @@ class Flattener {
         open_tagged(d.kind == DictValue::Kind::ordered_dict ? "odict_of_tensors"
                                                             : "dict_of_tensors");
         text_.push_back('[');
+        // Each name is the dict's own path plus "." plus the key, charged as
+        // tensor_name() charges it.
+        const std::string prefix = joined_path();
+        std::uint64_t path_length = 0;
+        for (const auto& part : path_) path_length += part->size() + 1;
         bool first = true;
         for (const auto& [key, value] : d.items) {
             if (!first) text_.push_back(',');
@@ -294,13 +299,13 @@ class Flattener {
             spend(key_text.size());
             append_json_string(text_, key_text);
             enter(depth + 1);
-            path_.emplace_back(key_text);
-            record_tensor(*value->as<TensorValue>(), tensor_name());
-            path_.pop_back();
+            spend(2 * (path_length + key_text.size() + 1));
+            record_tensor(*value->as<TensorValue>(),
+                          prefix.empty() ? key_text : prefix + "." + key_text);
         }
         text_ += "],\"first_id\":";
         append_json_integer(text_, d.items.front().second->as<TensorValue>()->id);
-        if (const std::string prefix = joined_path(); !prefix.empty()) {
+        if (!prefix.empty()) {
             text_ += ",\"prefix\":";
             append_json_string(text_, prefix + ".");
         }

@@ -372,8 +372,8 @@ bool PickleVm::step(std::uint8_t opcode) {
                 std::string(reinterpret_cast<const char*>(raw.data()), raw.size()), true}));
             break;
         }
-        case EMPTY_TUPLE:
-            push(ctx_.arena.make(TupleValue{}));
+        case EMPTY_TUPLE:  // immutable, so shared as in Python (one per tensor's hooks)
+            push(shared_scalar(empty_tuple_, TupleValue{}));
             break;
         case TUPLE:
             push(ctx_.arena.make(TupleValue{pop_mark()}));

@@ -87,9 +87,9 @@ class PickleVm {
     std::vector<ValuePtr> memo_dense_;
     std::unordered_map<std::uint64_t, ValuePtr> memo_sparse_;
     std::uint64_t memo_count_ = 0;  // slots in use (len(memo) in Python)
-    // None, True, False and small ints are immutable and shared, as in
+    // None, True, False, () and small ints are immutable and shared, as in
     // Python: a checkpoint pushes several per tensor.
-    ValuePtr none_, true_, false_;
+    ValuePtr none_, true_, false_, empty_tuple_;
     std::array<ValuePtr, 256> small_ints_;
     PickleInfo info_;
     std::size_t opcode_offset_ = 0;
