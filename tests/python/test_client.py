@@ -1037,3 +1037,22 @@ def test_refused_connection_falls_back_to_local(tmp_path):
     got = picklejail.load(FIXTURES / "torch-1.13" / "params.pt", socket=stale,
                           backend=BACKEND)
     assert list(got) == ["weight", "bias", "buf"]
+
+
+def test_timeout_when_the_daemon_never_answers(tmp_path):
+    """A daemon that accepts and then says nothing: Timeout after `timeout`, not a hang."""
+    path = tmp_path / "silent.sock"
+    listener = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(4)  # the kernel accepts the connection; nobody ever reads or writes
+    try:
+        start = time.monotonic()
+        with pytest.raises(picklejail.Timeout, match="timeout of 0.3 s") as caught:
+            picklejail.load(FIXTURES / "torch-1.13" / "params.pt", socket=path, timeout=0.3,
+                            backend=BACKEND)
+        assert 0.3 <= time.monotonic() - start < 5
+        assert caught.value.mode == f"daemon {path}"
+        with pytest.raises(picklejail.Timeout):
+            picklejail.inspect(FIXTURES / "torch-1.13" / "params.pt", socket=path, timeout=0.2)
+    finally:
+        listener.close()

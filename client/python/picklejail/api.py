@@ -31,10 +31,11 @@ def _select_list(select):
     return entries
 
 
-def _dispatch(f, socket, on_daemon, on_local):
+def _dispatch(f, socket, on_daemon, on_local, timeout=None):
     """Run on_daemon(connection, source) if a daemon answers, else on_local(sandbox, source).
 
     socket=None: $PICKLEJAIL_SOCKET or the default path; socket=False: never the daemon.
+    timeout: seconds any one exchange with the daemon may wait (Timeout past it).
     Only a missing socket or a refused connection falls back to the local sandbox;
     any answer from a daemon, errors included, is final.
     """
@@ -42,7 +43,7 @@ def _dispatch(f, socket, on_daemon, on_local):
         why_not_daemon = "socket=False"
         if socket is not False:
             try:
-                connection = DaemonConnection(socket_path(socket))
+                connection = DaemonConnection(socket_path(socket), timeout)
             except Unreachable as error:
                 why_not_daemon = str(error)
             else:
@@ -55,7 +56,7 @@ def _dispatch(f, socket, on_daemon, on_local):
         return on_local(LocalSandbox(executable), source)
 
 
-def _fetch_image(f, *, policy, socket, select, transport):
+def _fetch_image(f, *, policy, socket, select, transport, timeout=None):
     """(mapping of the image, which path produced it)."""
     def daemon(connection, source):
         buffer, _ = connection.load(source, policy=policy, select=select, transport=transport)
@@ -65,11 +66,11 @@ def _fetch_image(f, *, policy, socket, select, transport):
         buffer, _ = sandbox.load(source, policy=policy, select=select)
         return buffer, sandbox.mode("convert")
 
-    return _dispatch(f, socket, daemon, local)
+    return _dispatch(f, socket, daemon, local, timeout)
 
 
 def load(f, map_location=None, *, policy=None, socket=None, backend="torch", select=None,
-         transport="memfd"):
+         transport="memfd", timeout=None):
     """Load a checkpoint the way `torch.load(f, weights_only=True)` does, without unpickling it.
 
     f: a path (str / os.PathLike) or a binary file object.
@@ -84,6 +85,10 @@ def load(f, map_location=None, *, policy=None, socket=None, backend="torch", sel
     select: a name or list of names / prefixes: only those tensors are
         converted; others are left out of dicts and are None in lists and tuples.
     transport: how the daemon returns the image ("memfd", "shm", "inline").
+    timeout: seconds to wait for the daemon at each step (connecting, sending,
+        each read of the reply); None waits, bounded by the daemon's own
+        per-request deadline. Past it, Timeout is raised. The local sandbox
+        path is bounded by the worker's deadline instead.
 
     Raises a PicklejailError subclass (ForbiddenGlobal, Malformed, ...) on failure.
     """
@@ -91,7 +96,8 @@ def load(f, map_location=None, *, policy=None, socket=None, backend="torch", sel
         raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
     builder = make_builder(backend, map_location)  # fail on a bad argument before any work
     select = _select_list(select)
-    buffer, mode = _fetch_image(f, policy=policy, socket=socket, select=select, transport=transport)
+    buffer, mode = _fetch_image(f, policy=policy, socket=socket, select=select, transport=transport,
+                                timeout=timeout)
     with failing_as(f"client, image from {mode}"), _collector_paused():
         image = parse_image(buffer, len(buffer), select=select)
         return rebuild(image, builder)
@@ -130,7 +136,7 @@ def _write_atomically(buffer, destination):
         raise
 
 
-def convert(src, dst, *, policy=None, socket=None, select=None):
+def convert(src, dst, *, policy=None, socket=None, select=None, timeout=None):
     """Write `src` as a safetensors file `dst`; returns {"output", "size", "tensors", "policy"}.
 
     The file is complete or absent: it is written beside `dst` and renamed into place.
@@ -149,10 +155,10 @@ def convert(src, dst, *, policy=None, socket=None, select=None):
     def local(sandbox, source):
         return sandbox.convert(source, destination, policy=policy, select=select)
 
-    return _dispatch(src, socket, daemon, local)
+    return _dispatch(src, socket, daemon, local, timeout)
 
 
-def inspect(src, *, policy=None, socket=None, select=None):
+def inspect(src, *, policy=None, socket=None, select=None, timeout=None):
     """What the checkpoint holds, as `picklejail inspect --json` reports it.
 
     {"format", "pickle_protocol", "policy", "globals", "tensors": [{"name", "dtype",
@@ -163,4 +169,4 @@ def inspect(src, *, policy=None, socket=None, select=None):
     return _dispatch(
         src, socket,
         lambda connection, source: connection.inspect(source, policy=policy, select=select),
-        lambda sandbox, source: sandbox.inspect(source, policy=policy, select=select))
+        lambda sandbox, source: sandbox.inspect(source, policy=policy, select=select), timeout)

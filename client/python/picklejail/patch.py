@@ -95,12 +95,12 @@ class TorchLoadPatch:
         self.undo()
 
 
-def patch_torch_load(*, policy=None, socket=None, select=None):
+def patch_torch_load(*, policy=None, socket=None, select=None, timeout=None):
     """Make torch.load use picklejail.load (with these options) until undone.
 
     Returns a handle: use it as a context manager, or call it to undo.
     torch.load's own arguments are mapped: map_location is honoured;
     weights_only, mmap and pickle_module do not apply and are ignored.
     """
-    options = {"policy": policy, "socket": socket, "select": select}
+    options = {"policy": policy, "socket": socket, "select": select, "timeout": timeout}
     return TorchLoadPatch(options)

@@ -19,8 +19,8 @@ import socket
 import stat
 import warnings
 
-from .errors import (Denied, InvalidRequest, PicklejailError, ProtocolError, error_for,
-                     failing_as)
+from .errors import (Denied, InvalidRequest, PicklejailError, ProtocolError, Timeout,
+                     error_for, failing_as)
 from .memory import copy_fd_to_private, map_sealed_memfd, private_memory
 
 DEFAULT_SOCKET = "/run/picklejail/picklejail.sock"
@@ -59,13 +59,17 @@ def _close_all(fds):
 class DaemonConnection:
     """One connection to picklejaild; requests are sent one at a time."""
 
-    def __init__(self, path):
+    def __init__(self, path, timeout=None):
+        """`timeout`: seconds any one send or receive may wait (None: no limit, the
+        daemon's own per-request deadline still ends every job)."""
         self.path = os.fspath(path)
         self.mode = f"daemon {self.path}"
         self._buffer = bytearray()
         self._fds = []
         self._next_id = 1
+        self._timeout = timeout
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
         try:
             self._sock.connect(self.path)
         except (FileNotFoundError, ConnectionRefusedError) as error:
@@ -76,8 +80,17 @@ class DaemonConnection:
             raise Denied("denied", f"cannot connect: {error.strerror}", mode=self.mode) from None
         except OSError as error:
             self._sock.close()
+            if isinstance(error, TimeoutError):
+                raise self._failure("connecting", error) from None
             raise ProtocolError("protocol_error", f"cannot connect: {error.strerror}",
                                 mode=self.mode) from None
+
+    def _failure(self, what, error):
+        """The error for a failed socket operation: Timeout when `timeout` ran out."""
+        if isinstance(error, TimeoutError):
+            return Timeout("timeout", f"{what} took longer than the client's timeout of "
+                           f"{self._timeout} s", mode=self.mode)
+        return ProtocolError("protocol_error", f"{what} failed: {error}", mode=self.mode)
 
     def close(self):
         _close_all(self._fds)
@@ -101,16 +114,14 @@ class DaemonConnection:
             if sent < len(line):  # the fd went with the first part; the rest follows
                 self._sock.sendall(line[sent:])
         except OSError as error:
-            raise ProtocolError("protocol_error", f"sending the request failed: {error}",
-                                mode=self.mode) from None
+            raise self._failure("sending the request", error) from None
 
     def _receive(self):
         try:
             data, fds, flags, _ = socket.recv_fds(self._sock, _RECV_CHUNK, 1,
                                                   socket.MSG_CMSG_CLOEXEC)
         except OSError as error:
-            raise ProtocolError("protocol_error", f"reading the reply failed: {error}",
-                                mode=self.mode) from None
+            raise self._failure("reading the reply", error) from None
         self._fds.extend(fds)
         if flags & socket.MSG_CTRUNC:
             raise ProtocolError("protocol_error", "the daemon attached more than one fd",
@@ -145,8 +156,7 @@ class DaemonConnection:
                 try:
                     n = self._sock.recv_into(view[done:])
                 except OSError as error:
-                    raise ProtocolError("protocol_error", f"reading the image failed: {error}",
-                                        mode=self.mode) from None
+                    raise self._failure("reading the image", error) from None
                 if n == 0:
                     raise ProtocolError("protocol_error", f"the connection closed after {done} of "
                                         f"{size} inline bytes", mode=self.mode)
