@@ -98,9 +98,12 @@ def load(f, map_location=None, *, policy=None, socket=None, backend="torch", sel
     select = _select_list(select)
     buffer, mode = _fetch_image(f, policy=policy, socket=socket, select=select, transport=transport,
                                 timeout=timeout)
-    with failing_as(f"client, image from {mode}"), _collector_paused():
-        image = parse_image(buffer, len(buffer), select=select)
-        return rebuild(image, builder)
+    with failing_as(f"client, image from {mode}"):
+        with _collector_paused():
+            image = parse_image(buffer, len(buffer), select=select)
+            loaded = rebuild(image, builder)
+            del image  # freed now, by refcount: the collector resumes with less to scan
+        return loaded
 
 
 @contextlib.contextmanager

@@ -90,16 +90,6 @@ class _Rebuilder:
         self._stored = builder.stored_arrays(image)
         self._used = set()      # stored names already handed out
         self._by_id = {}        # description id -> the object for it
-        self._tags = (
-            ("tensor", self._tensor), ("odict_of_tensors", self._odict_of_tensors),
-            ("dict_of_tensors", self._dict_of_tensors), ("object", self._record),
-            ("odict", self._odict),
-            ("dict", self._dict), ("defaultdict", self._defaultdict), ("counter", self._counter),
-            ("tuple", self._tuple), ("size", self._size), ("set", self._set),
-            ("frozenset", self._frozenset), ("int", self._big_int), ("float", self._float),
-            ("complex", self._complex), ("bytes", self._bytes), ("bytearray", self._bytearray),
-            ("dtype", self._dtype), ("device", self._device), ("global", self._global),
-        )
 
     def value(self, node):
         """A node where an unselected tensor simply becomes None."""
@@ -112,9 +102,9 @@ class _Rebuilder:
         if isinstance(node, list):
             return self._items(node)
         if isinstance(node, dict):
-            for tag, handler in self._tags:
+            for tag, handler in _TAGS:
                 if tag in node:
-                    return handler(node[tag], node)
+                    return handler(self, node[tag], node)
             _fail(f"unknown node with keys {sorted(node)[:5]}")
         _fail(f"unexpected JSON value {node!r}")
 
@@ -304,3 +294,20 @@ class _Rebuilder:
             vars(namespace).update(state or {})
             return namespace
         return Record(cls, args, state)
+
+
+# Node tags and their handlers, tried in this order. A class-level table of
+# plain functions: bound methods stored on the instance would tie it into a
+# reference cycle, which only the cyclic GC (paused while loading) could free,
+# keeping the whole image alive until it ran.
+_TAGS = (
+    ("tensor", _Rebuilder._tensor), ("odict_of_tensors", _Rebuilder._odict_of_tensors),
+    ("dict_of_tensors", _Rebuilder._dict_of_tensors), ("object", _Rebuilder._record),
+    ("odict", _Rebuilder._odict), ("dict", _Rebuilder._dict),
+    ("defaultdict", _Rebuilder._defaultdict), ("counter", _Rebuilder._counter),
+    ("tuple", _Rebuilder._tuple), ("size", _Rebuilder._size), ("set", _Rebuilder._set),
+    ("frozenset", _Rebuilder._frozenset), ("int", _Rebuilder._big_int),
+    ("float", _Rebuilder._float), ("complex", _Rebuilder._complex),
+    ("bytes", _Rebuilder._bytes), ("bytearray", _Rebuilder._bytearray),
+    ("dtype", _Rebuilder._dtype), ("device", _Rebuilder._device), ("global", _Rebuilder._global),
+)
