@@ -288,6 +288,7 @@ class Flattener {
         // Each name is the dict's own path plus "." plus the key, charged as
         // tensor_name() charges it.
         const std::string prefix = joined_path();
+        const std::string prefix_dot = prefix.empty() ? prefix : prefix + ".";
         std::uint64_t path_length = 0;
         for (const auto& part : path_) path_length += part->size() + 1;
         bool first = true;
@@ -300,14 +301,13 @@ class Flattener {
             append_json_string(text_, key_text);
             enter(depth + 1);
             spend(2 * (path_length + key_text.size() + 1));
-            record_tensor(*value->as<TensorValue>(),
-                          prefix.empty() ? key_text : prefix + "." + key_text);
+            record_tensor(*value->as<TensorValue>(), prefix_dot + key_text);
         }
         text_ += "],\"first_id\":";
         append_json_integer(text_, d.items.front().second->as<TensorValue>()->id);
-        if (!prefix.empty()) {
+        if (!prefix_dot.empty()) {
             text_ += ",\"prefix\":";
-            append_json_string(text_, prefix + ".");
+            append_json_string(text_, prefix_dot);
         }
         attributes(d, depth);
         text_.push_back('}');
