@@ -258,7 +258,10 @@ ValuePtr call_global(const GlobalValue& callee, const ValuePtr& args, CallContex
             if (a.size() == 2) {
                 const auto index = as_int(*a[1]);
                 if (!index) fail_at(ctx, ErrorCode::malformed, "torch.device index is not an int");
-                text += ":" + std::to_string(*index);
+                // Appended piece by piece: ":" + std::to_string(...) trips g++ 12's
+                // false -Wrestrict at -O3 (GCC bug 105329).
+                text.push_back(':');
+                text += std::to_string(*index);
             }
             return ctx.arena.make(DeviceValue{std::move(text)});
         }
