@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <nlohmann/json.hpp>
+#include <span>
 #include <sstream>
 #include <string>
 
@@ -60,13 +62,23 @@ inline loader::Limits fuzz_limits() {
 }
 
 // An image picklejail wrote must pass picklejail's own checker.
+// The image passes the checker, and the JSON picklejail keeps in its metadata
+// (the object description above all, written as text by the flattener) parses.
 inline void require_valid_image(std::span<const std::byte> image, const char* what) {
+    ipc::SafetensorsIndex index;
     try {
-        (void)ipc::check_safetensors(image);
+        index = ipc::check_safetensors(image);
     } catch (const Error& e) {
         std::fprintf(stderr, "fuzz: %s produced an image the checker refuses: %s\n", what,
                      e.what());
         std::abort();
+    }
+    for (const char* key : {"picklejail.object", "picklejail.globals", "picklejail.complex128"}) {
+        const auto it = index.metadata.find(key);
+        if (it != index.metadata.end() && !nlohmann::json::accept(it->second)) {
+            std::fprintf(stderr, "fuzz: %s wrote %s that is not JSON\n", what, key);
+            std::abort();
+        }
     }
 }
 
