@@ -258,9 +258,7 @@ class Flattener {
             (d.kind != DictValue::Kind::dict && d.kind != DictValue::Kind::ordered_dict)) {
             return false;
         }
-        for (const auto& part : path_) {
-            if (!part) return false;  // unnameable: the full walk reports it
-        }
+        if (!nameable_path_length()) return false;  // the full walk reports it
         const auto* first = d.items.front().second->as<TensorValue>();
         if (first == nullptr) return false;
         std::uint64_t next_id = first->id;
@@ -286,11 +284,10 @@ class Flattener {
                                                             : "dict_of_tensors");
         text_.push_back('[');
         // Each name is the dict's own path plus "." plus the key, charged as
-        // tensor_name() charges it.
-        const std::string prefix = joined_path();
-        const std::string prefix_dot = prefix.empty() ? prefix : prefix + ".";
-        std::uint64_t path_length = 0;
-        for (const auto& part : path_) path_length += part->size() + 1;
+        // tensor_name() charges it (holds_plain_tensors checked the path).
+        std::string prefix_dot = joined_path();
+        if (!prefix_dot.empty()) prefix_dot.push_back('.');
+        const std::uint64_t path_length = nameable_path_length().value_or(0);
         bool first = true;
         for (const auto& [key, value] : d.items) {
             if (!first) text_.push_back(',');
@@ -359,19 +356,27 @@ class Flattener {
 
     std::string tensor_name() {
         if (path_.empty()) return "tensor";  // torch.save(tensor): the object is one tensor
-        std::uint64_t length = 0;
-        for (const auto& part : path_) {
-            if (!part) {
-                throw Error(ErrorCode::unsupported,
-                            "a tensor sits under a key or attribute that cannot name it (" +
-                                path_string() + ")");
-            }
-            length += part->size() + 1;
+        const auto length = nameable_path_length();
+        if (!length) {
+            throw Error(ErrorCode::unsupported,
+                        "a tensor sits under a key or attribute that cannot name it (" +
+                            path_string() + ")");
         }
         // The name goes into the description and into the header (key or alias),
         // and memo-shared keys can make it far longer than the file: charge first.
-        spend(2 * length);
+        spend(2 * *length);
         return joined_path();
+    }
+
+    // Σ (part size + 1) over the path: what a name under it costs; nullopt when
+    // a part (a tuple key, an attribute of a record's arguments) cannot name one.
+    [[nodiscard]] std::optional<std::uint64_t> nameable_path_length() const {
+        std::uint64_t length = 0;
+        for (const auto& part : path_) {
+            if (!part) return std::nullopt;
+            length += part->size() + 1;
+        }
+        return length;
     }
 
     // The path's parts joined with '.' (no dot after an empty start, as the
