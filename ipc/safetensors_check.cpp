@@ -231,6 +231,7 @@ constexpr std::size_t kEntryLevel = 2;
 constexpr std::size_t kValueLevel = 3;
 constexpr std::size_t kElementLevel = 4;
 
+// A tensor entry's fields; field i is bit i, named kFieldNames[i].
 enum Field : unsigned { dtype_field = 1, shape_field = 2, offsets_field = 4 };
 constexpr unsigned kAllFields = dtype_field | shape_field | offsets_field;
 constexpr std::array<std::string_view, 3> kFieldNames{"dtype", "shape", "data_offsets"};
@@ -248,10 +249,10 @@ std::string_view entry_key(ondemand::field& member) {
 
 // Which field of a tensor entry `key` is; unknown and repeated ones are refused.
 Field entry_field(std::string_view key, unsigned seen, std::string_view tensor) {
-    const Field field = key == "dtype"          ? dtype_field
-                        : key == "shape"        ? shape_field
-                        : key == "data_offsets" ? offsets_field
-                                                : Field{};
+    Field field{};
+    for (std::size_t i = 0; i < kFieldNames.size(); ++i) {
+        if (key == kFieldNames[i]) field = static_cast<Field>(1U << i);
+    }
     if (field == Field{}) {
         fail(tensor_label(tensor) + "unexpected field " + quote(key) +
              " (only dtype, shape and data_offsets are allowed)");
@@ -263,9 +264,9 @@ Field entry_field(std::string_view key, unsigned seen, std::string_view tensor) 
 void check_all_fields(unsigned seen, std::string_view tensor) {
     if (seen == kAllFields) return;
     std::string missing;
-    if ((seen & dtype_field) == 0) missing += " dtype";
-    if ((seen & shape_field) == 0) missing += " shape";
-    if ((seen & offsets_field) == 0) missing += " data_offsets";
+    for (std::size_t i = 0; i < kFieldNames.size(); ++i) {
+        if ((seen & (1U << i)) == 0) missing += " " + std::string(kFieldNames[i]);
+    }
     fail(tensor_label(tensor) + "missing field(s):" + missing);
 }
 
