@@ -246,7 +246,10 @@ def main():
             os.fsync(f.fileno())
         return path
 
-    singles, walls, slowests, workers = [], [], [], set()
+    # A second round of 8 on the same file finds the image cached: no
+    # conversion at all, so its wall time is the floor this machine puts
+    # under the first round (8 mappings and sums of 500 MB on its cores).
+    singles, walls, slowests, workers, touch_floors = [], [], [], set(), []
     for _ in range(3):  # medians of three, each on fresh copies
         alone = fresh_copy("gpt2_500MB_alone.pt")
         singles.append(fresh_timed("picklejail", alone, args.shared_socket, 1))
@@ -255,11 +258,13 @@ def main():
         before = stats(args.shared_socket)
         wall, slowest = concurrent(shared, args.shared_socket, 8)
         after = stats(args.shared_socket)
+        touch_floors.append(concurrent(shared, args.shared_socket, 8)[0])
         shared.unlink()
         walls.append(wall)
         slowests.append(slowest)
         workers.add(after["workers_started"] - before["workers_started"])
-    single, wall, slowest = (statistics.median(x) for x in (singles, walls, slowests))
+    single, wall, slowest, touch_floor = (statistics.median(x)
+                                          for x in (singles, walls, slowests, touch_floors))
     workers = max(workers)  # conversions per round of 8: the worst round counts
     ratio = wall / single
     numbers["concurrent"] = {"wall_s": wall, "slowest_s": slowest, "single_s": single,
@@ -268,6 +273,10 @@ def main():
     rows.append(("8 processes load one 500 MB file at once", f"single {single * 1000:.0f} ms",
                  f"{wall * 1000:.0f} ms, {workers} conversion", f"{ratio:.2f}×", "≤ 1.5×, 1 conversion",
                  "met" if ratio <= 1.5 and workers == 1 else "NOT met"))
+    numbers["concurrent"]["cached_wall_s"] = touch_floor
+    rows.append(("… the same 8 again, image cached (no conversion: the floor)",
+                 f"single {single * 1000:.0f} ms", f"{touch_floor * 1000:.0f} ms",
+                 f"{touch_floor / single:.2f}×", "", ""))
 
     if args.big and args.audit_log:
         picklejail.load(files["big"], socket=args.socket)
