@@ -121,6 +121,19 @@ def fresh_timed(kind, path, socket, repeat):
     return statistics.median(times)
 
 
+def fresh_timed_pairs(path, socket, repeat):
+    """Medians of torch.load and picklejail, alternating one fresh process of each.
+
+    This VM's speed drifts by tens of percent over minutes; taking turns puts
+    both sides of a ratio under the same drift.
+    """
+    ref, ours = [], []
+    for _ in range(repeat):
+        ref.append(fresh_timed("torch", path, socket, 1))
+        ours.append(fresh_timed("picklejail", path, socket, 1))
+    return statistics.median(ref), statistics.median(ours)
+
+
 def read_once(path):
     with open(path, "rb") as f:
         return len(f.read())
@@ -191,8 +204,7 @@ def main():
     def compare(label, path, target):
         """The judged row: first loads in fresh processes; then the same in one process."""
         read_once(path)  # both sides start with the file in the page cache
-        ref = fresh_timed("torch", path, args.socket, args.repeat)
-        ours = fresh_timed("picklejail", path, args.socket, args.repeat)
+        ref, ours = fresh_timed_pairs(path, args.socket, args.repeat)
         ratio = ours / ref
         numbers[label] = {"torch_s": ref, "picklejail_s": ours, "ratio": ratio, "target": target}
         rows.append((label, f"{ref * 1000:.0f} ms", f"{ours * 1000:.0f} ms", f"{ratio:.2f}×",

@@ -159,11 +159,12 @@ Conversion& Conversion::operator=(Conversion&&) noexcept = default;
 Conversion::~Conversion() = default;
 
 Conversion Conversion::plan(std::span<const std::byte> input, const Policy& policy,
-                            const Limits& limits, const Selection& select) {
+                            const Limits& limits, const Selection& select, HelperThread* helper) {
     Conversion conversion;
     conversion.owned_ = std::make_unique<Owned>(limits);
     Owned& owned = *conversion.owned_;
     CallContext ctx{policy, owned.limits, owned.storages, owned.arena};
+    ctx.helper = helper;
     const Parsed parsed = parse_input(input, ctx);
     owned.root = parsed.read.root;
     owned.flat = flatten_object(parsed.read.root, owned.limits, owned.storages);

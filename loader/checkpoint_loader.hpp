@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "loader/helper_thread.hpp"
 #include "loader/limits.hpp"
 #include "loader/policy.hpp"
 #include "loader/safetensors_writer.hpp"
@@ -40,9 +41,11 @@ class Conversion {
   public:
     // Parses `input` under `policy`; every failure throws picklejail::Error.
     // Only tensors `select` matches are written; the object description
-    // still describes the whole file.
+    // still describes the whole file. `helper` (optional) takes a share of
+    // the reading; the result and every error are the same without it.
     [[nodiscard]] static Conversion plan(std::span<const std::byte> input, const Policy& policy,
-                                         const Limits& limits, const Selection& select = {});
+                                         const Limits& limits, const Selection& select = {},
+                                         HelperThread* helper = nullptr);
 
     Conversion(Conversion&&) noexcept;
     Conversion& operator=(Conversion&&) noexcept;

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "loader/helper_thread.hpp"
 #include "loader/limits.hpp"
 #include "loader/object_arena.hpp"
 #include "loader/policy.hpp"
@@ -22,6 +23,7 @@ struct CallContext {
     std::uint32_t next_tensor_id = 0;
     std::size_t offset = 0;  // byte offset of the opcode being run, for messages
     std::uint64_t tensors_built = 0;
+    HelperThread* helper = nullptr;  // lent by the caller; may be null
 };
 
 // REDUCE (and INST/OBJ): callee(*args).

@@ -166,8 +166,21 @@ bool looks_like_zip(std::span<const std::byte> bytes) noexcept {
 }
 
 ZipArchive::ZipArchive(std::span<const std::byte> bytes, const Limits& limits)
+    : ZipArchive(bytes, limits, FirstEntryOnly{}) {
+    read_directory();  // a throw here runs the destructor: the delegating constructor finished
+}
+
+ZipArchive::ZipArchive(std::span<const std::byte> bytes, const Limits& limits, FirstEntryOnly)
     : bytes_(bytes), limits_(limits), stream_(std::make_unique<MemoryStream>()) {
-    stream_->bytes = bytes;
+    open();
+}
+
+ZipArchive::~ZipArchive() {
+    if (handle_ != nullptr) unzClose(static_cast<unzFile>(handle_));
+}
+
+void ZipArchive::open() {
+    stream_->bytes = bytes_;
     zlib_filefunc64_def funcs{};
     funcs.zopen64_file = &MemoryStream::open;
     funcs.zread_file = &MemoryStream::read;
@@ -181,8 +194,16 @@ ZipArchive::ZipArchive(std::span<const std::byte> bytes, const Limits& limits)
     if (handle_ == nullptr) bad_zip("no readable central directory");
     // A constructor that throws runs no destructor: close minizip's handle here.
     try {
-        check_end_record(handle_, bytes);
-        read_directory();
+        check_end_record(handle_, bytes_);
+        auto* zip = static_cast<unzFile>(handle_);
+        const int rc = unzGoToFirstFile(zip);
+        if (rc == UNZ_END_OF_LIST_OF_FILE) bad_zip("archive is empty");
+        if (rc != UNZ_OK)
+            bad_zip("central directory is corrupt (minizip error " + std::to_string(rc) + ")");
+        if (limits_.max_zip_entries == 0)  // what read_directory() would say first
+            throw Error(ErrorCode::too_large, "zip archive has more than 0 entries");
+        std::vector<char> name(65536 + 1);
+        first_entry_ = current_entry(name);
     } catch (...) {
         unzClose(static_cast<unzFile>(handle_));
         handle_ = nullptr;
@@ -190,8 +211,36 @@ ZipArchive::ZipArchive(std::span<const std::byte> bytes, const Limits& limits)
     }
 }
 
-ZipArchive::~ZipArchive() {
-    if (handle_ != nullptr) unzClose(static_cast<unzFile>(handle_));
+ZipEntry ZipArchive::current_entry(std::vector<char>& name) const {
+    auto* zip = static_cast<unzFile>(handle_);
+    unz_file_info64 file_info{};
+    if (unzGetCurrentFileInfo64(zip, &file_info, name.data(), name.size() - 1, nullptr, 0, nullptr,
+                                0) != UNZ_OK) {
+        bad_zip("unreadable central directory entry");
+    }
+    ZipEntry entry;
+    entry.name.assign(name.data(), file_info.size_filename);
+    if (unsafe_name(entry.name)) bad_zip("unsafe entry name \"" + entry.name + "\"");
+    check_flags(entry.name, static_cast<std::uint32_t>(file_info.flag), "central directory");
+    if (file_info.compression_method != 0 && file_info.compression_method != Z_DEFLATED) {
+        throw Error(ErrorCode::unsupported, "zip entry \"" + entry.name +
+                                                "\" uses compression method " +
+                                                std::to_string(file_info.compression_method));
+    }
+    entry.method = static_cast<std::uint16_t>(file_info.compression_method);
+    entry.compressed_size = file_info.compressed_size;
+    entry.uncompressed_size = file_info.uncompressed_size;
+    // The ratio check below trusts compressed_size, so it may not claim more
+    // bytes than the file holds (else a tiny file "passes" with a 1 TiB record,
+    // allocated before a byte is inflated).
+    if (entry.compressed_size > bytes_.size()) {
+        bad_zip("entry \"" + entry.name + "\" claims " + std::to_string(entry.compressed_size) +
+                " compressed bytes, more than the whole file");
+    }
+    if (entry.method == Z_DEFLATED) check_inflate_ratio(entry, limits_);
+    entry.crc = static_cast<std::uint32_t>(file_info.crc);
+    entry.local_header = local_header_offset(entry, unzGetOffset64(zip));
+    return entry;
 }
 
 void ZipArchive::read_directory() {
@@ -205,34 +254,7 @@ void ZipArchive::read_directory() {
                                                   std::to_string(limits_.max_zip_entries) +
                                                   " entries");
         }
-        unz_file_info64 file_info{};
-        if (unzGetCurrentFileInfo64(zip, &file_info, name.data(), name.size() - 1, nullptr, 0,
-                                    nullptr, 0) != UNZ_OK) {
-            bad_zip("unreadable central directory entry");
-        }
-        ZipEntry entry;
-        entry.name.assign(name.data(), file_info.size_filename);
-        if (unsafe_name(entry.name)) bad_zip("unsafe entry name \"" + entry.name + "\"");
-        check_flags(entry.name, static_cast<std::uint32_t>(file_info.flag), "central directory");
-        if (file_info.compression_method != 0 && file_info.compression_method != Z_DEFLATED) {
-            throw Error(ErrorCode::unsupported, "zip entry \"" + entry.name +
-                                                    "\" uses compression method " +
-                                                    std::to_string(file_info.compression_method));
-        }
-        entry.method = static_cast<std::uint16_t>(file_info.compression_method);
-        entry.compressed_size = file_info.compressed_size;
-        entry.uncompressed_size = file_info.uncompressed_size;
-        // The ratio check below trusts compressed_size, so it may not claim more
-        // bytes than the file holds (else a tiny file "passes" with a 1 TiB record,
-        // allocated before a byte is inflated).
-        if (entry.compressed_size > bytes_.size()) {
-            bad_zip("entry \"" + entry.name + "\" claims " + std::to_string(entry.compressed_size) +
-                    " compressed bytes, more than the whole file");
-        }
-        if (entry.method == Z_DEFLATED) check_inflate_ratio(entry, limits_);
-        entry.crc = static_cast<std::uint32_t>(file_info.crc);
-        entry.local_header = local_header_offset(entry, unzGetOffset64(zip));
-        entries_.push_back(std::move(entry));
+        entries_.push_back(current_entry(name));
     }
     if (entries_.empty()) bad_zip("archive is empty");
     // torch's reader: the prefix is the first entry's directory, and every

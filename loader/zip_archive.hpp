@@ -28,10 +28,22 @@ struct ZipEntry {
 
 class ZipArchive {
   public:
+    // Opens the archive and reads its whole directory.
     ZipArchive(std::span<const std::byte> bytes, const Limits& limits);
+    // Opens the archive and reads only the directory's first entry
+    // (first_entry()); read_directory() reads the rest, on any one thread,
+    // before prefix(), entries() or find() are used. Meanwhile another thread
+    // may read the first entry's bytes (stored_bytes, inflate): they touch
+    // nothing read_directory() writes.
+    struct FirstEntryOnly {};
+    ZipArchive(std::span<const std::byte> bytes, const Limits& limits, FirstEntryOnly);
     ~ZipArchive();
     ZipArchive(const ZipArchive&) = delete;
     ZipArchive& operator=(const ZipArchive&) = delete;
+
+    // The first directory entry, checked as read_directory() checks each.
+    [[nodiscard]] const ZipEntry& first_entry() const noexcept { return first_entry_; }
+    void read_directory();
 
     // "archive/" — the directory of the first entry, shared by every entry.
     [[nodiscard]] const std::string& prefix() const noexcept { return prefix_; }
@@ -46,7 +58,9 @@ class ZipArchive {
 
   private:
     struct MemoryStream;
-    void read_directory();
+    void open();
+    // Reads and checks the entry minizip's cursor is on.
+    [[nodiscard]] ZipEntry current_entry(std::vector<char>& name_buffer) const;
     [[nodiscard]] std::uint64_t local_header_offset(const ZipEntry& entry,
                                                     std::uint64_t directory_record) const;
     // Checks the local header against the directory; returns where the data starts.
@@ -56,6 +70,7 @@ class ZipArchive {
     const Limits& limits_;
     std::unique_ptr<MemoryStream> stream_;
     void* handle_ = nullptr;         // unzFile, closed in the destructor
+    ZipEntry first_entry_;
     std::vector<ZipEntry> entries_;  // not resized after read_directory: by_relative_name_ views it
     std::unordered_map<std::string_view, std::size_t> by_relative_name_;  // name minus prefix_
     std::string prefix_;

@@ -1,5 +1,6 @@
 #include "sandbox/copy_thread.hpp"
 
+#include <cstdlib>
 #include <utility>
 
 #include "common/error.hpp"
@@ -31,6 +32,11 @@ void CopyThread::serve() {
         // Per-thread parts of the confinement (see the header).
         set_no_new_privs();
         (void)apply_landlock_deny_all();
+        // The allocator sets up a thread's heap at its first allocation, and
+        // mimalloc seeds it from getrandom, which the filter refuses: now,
+        // before the filter, rather than in the middle of a task.
+        void* volatile first = std::malloc(1);
+        std::free(first);
     } catch (...) {
         const std::lock_guard lock(mutex_);
         error_ = std::current_exception();

@@ -8,7 +8,8 @@
 // no_new_privs and applies the Landlock deny-all ruleset to itself before the
 // constructor returns, and the filter is loaded for every thread at once
 // (SECCOMP_FILTER_FLAG_TSYNC; the load fails if the thread cannot be synced).
-// It runs only tasks the main thread hands it.
+// It runs only tasks the main thread hands it: the copy, and before that a
+// share of the reading (loader/helper_thread.hpp).
 #pragma once
 
 #include <condition_variable>
@@ -17,19 +18,21 @@
 #include <mutex>
 #include <thread>
 
+#include "loader/helper_thread.hpp"
+
 namespace picklejail::sandbox {
 
-class CopyThread {
+class CopyThread final : public loader::HelperThread {
   public:
     CopyThread();  // returns once the thread has confined itself as far as it can alone
-    ~CopyThread();
+    ~CopyThread() override;
     CopyThread(const CopyThread&) = delete;
     CopyThread& operator=(const CopyThread&) = delete;
 
     // Runs `task` on the thread; wait() blocks until it has finished and
     // rethrows what it threw. One task at a time.
-    void start(std::function<void()> task);
-    void wait();
+    void start(std::function<void()> task) override;
+    void wait() override;
 
   private:
     void serve();

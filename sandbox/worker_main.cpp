@@ -22,6 +22,7 @@
 #include "ipc/file_mapping.hpp"
 #include "ipc/result_record.hpp"
 #include "loader/checkpoint_loader.hpp"
+#include "loader/zip_archive.hpp"
 #include "sandbox/confine.hpp"
 #include "sandbox/copy_thread.hpp"
 #include "sandbox/image_writer.hpp"
@@ -39,6 +40,9 @@ namespace ipc = picklejail::ipc;
 
 // Inputs smaller than this convert too quickly for a second thread to pay.
 constexpr std::uint64_t kCopyThreadMinInput = std::uint64_t{32} << 20;
+// A zip archive this big has a directory worth reading beside the pickle
+// (a thread costs ~0.1 ms; 20,000 entries take ~10 ms to read).
+constexpr std::uint64_t kDirectoryThreadMinInput = std::uint64_t{1} << 20;
 
 struct WorkerArgs {
     std::string policy_json;
@@ -139,13 +143,17 @@ void start_copy_thread(std::optional<sandbox::CopyThread>& helper) {
     const auto input_size = ipc::regular_file_size(sandbox::kInputFd, "input");
     const auto input = ipc::map_read_only(sandbox::kInputFd, input_size, "input");
     // Started before confinement, which it shares (copy_thread.hpp); only an
-    // input big enough to have a big copy gets one.
-    if (input_size >= kCopyThreadMinInput) start_copy_thread(helper);
+    // input big enough to have a big copy or a long zip directory gets one.
+    const bool big_copy = input_size >= kCopyThreadMinInput;
+    if (big_copy ||
+        (input_size >= kDirectoryThreadMinInput && loader::looks_like_zip(input.bytes())))
+        start_copy_thread(helper);
     confine(args, filter);
 
-    const auto conversion = loader::Conversion::plan(input.bytes(), policy, limits, select);
+    const auto conversion = loader::Conversion::plan(input.bytes(), policy, limits, select,
+                                                     helper ? &*helper : nullptr);
     (void)sandbox::write_image(conversion, sandbox::kInputFd, input.bytes(), sandbox::kOutputFd,
-                               helper ? &*helper : nullptr);
+                               big_copy && helper ? &*helper : nullptr);
     send_result(ipc::make_result(ErrorCode::ok, "", conversion.output_size(),
                                  conversion.layout().tensors().size()));
     // Done: the kernel frees the address space at once, where destroying the
