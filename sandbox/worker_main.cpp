@@ -22,7 +22,6 @@
 #include "ipc/file_mapping.hpp"
 #include "ipc/result_record.hpp"
 #include "loader/checkpoint_loader.hpp"
-#include "loader/zip_archive.hpp"
 #include "sandbox/confine.hpp"
 #include "sandbox/copy_thread.hpp"
 #include "sandbox/image_writer.hpp"
@@ -40,8 +39,9 @@ namespace ipc = picklejail::ipc;
 
 // Inputs smaller than this convert too quickly for a second thread to pay.
 constexpr std::uint64_t kCopyThreadMinInput = std::uint64_t{32} << 20;
-// A zip archive this big has a directory worth reading beside the pickle
-// (a thread costs ~0.1 ms; 20,000 entries take ~10 ms to read).
+// A zip archive this big can have a directory worth reading beside the
+// pickle (a thread costs ~0.1 ms; 20,000 entries take ~10 ms to read). The
+// size alone decides: the format is in bytes not read before confinement.
 constexpr std::uint64_t kDirectoryThreadMinInput = std::uint64_t{1} << 20;
 
 struct WorkerArgs {
@@ -145,9 +145,7 @@ void start_copy_thread(std::optional<sandbox::CopyThread>& helper) {
     // Started before confinement, which it shares (copy_thread.hpp); only an
     // input big enough to have a big copy or a long zip directory gets one.
     const bool big_copy = input_size >= kCopyThreadMinInput;
-    if (big_copy ||
-        (input_size >= kDirectoryThreadMinInput && loader::looks_like_zip(input.bytes())))
-        start_copy_thread(helper);
+    if (input_size >= kDirectoryThreadMinInput) start_copy_thread(helper);
     confine(args, filter);
 
     const auto conversion = loader::Conversion::plan(input.bytes(), policy, limits, select,
