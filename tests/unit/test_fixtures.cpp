@@ -5,8 +5,6 @@
 #include <openssl/evp.h>
 
 #include <catch2/catch.hpp>
-#include <fstream>
-#include <iterator>
 #include <nlohmann/json.hpp>
 
 #include "common/error.hpp"
@@ -23,15 +21,6 @@ using namespace picklejail;
 
 const std::string kFixtures = std::string(PICKLEJAIL_SOURCE_DIR) + "/tests/fixtures/";
 
-std::vector<std::byte> read_bytes(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    REQUIRE(in.good());
-    std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    std::vector<std::byte> out(chars.size());
-    std::memcpy(out.data(), chars.data(), chars.size());
-    return out;
-}
-
 std::string sha256_hex(std::span<const std::byte> bytes) {
     unsigned char digest[EVP_MAX_MD_SIZE];
     unsigned int length = 0;
@@ -46,6 +35,7 @@ std::string sha256_hex(std::span<const std::byte> bytes) {
 }
 
 using test::policy_named;
+using test::read_bytes;
 
 // Converts `file` and checks every manifest tensor against the output.
 void check_loads(const std::string& path, const nlohmann::json& expected) {

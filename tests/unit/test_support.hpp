@@ -1,10 +1,17 @@
-// Helpers shared by the unit tests: the repository's policies and the
-// smallest pieces of hand-assembled pickle bytes.
+// Helpers shared by the unit tests: the repository's policies, files read
+// whole, and the smallest pieces of hand-assembled pickle bytes.
 #pragma once
 
+#include <catch2/catch.hpp>
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "loader/policy.hpp"
 #include "sandbox/policy_files.hpp"
@@ -21,6 +28,17 @@ inline const loader::Policy& policy_named(const std::string& name) {
         it = cache.emplace(name, loader::Policy::from_json(text)).first;
     }
     return it->second;
+}
+
+// A whole file's bytes (a fixture).
+inline std::vector<std::byte> read_bytes(const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    REQUIRE(in.good());
+    const std::vector<char> chars((std::istreambuf_iterator<char>(in)),
+                                  std::istreambuf_iterator<char>());
+    std::vector<std::byte> out(chars.size());
+    std::memcpy(out.data(), chars.data(), chars.size());
+    return out;
 }
 
 // One opcode byte.

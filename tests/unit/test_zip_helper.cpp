@@ -10,8 +10,6 @@
 #include <cstring>
 #include <exception>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <optional>
 #include <random>
 #include <string>
@@ -30,6 +28,7 @@ using loader::Conversion;
 
 const std::string kFixtures = std::string(PICKLEJAIL_SOURCE_DIR) + "/tests/fixtures/";
 
+using test::read_bytes;
 using test::ThreadHelper;
 
 // The image, or the error's code and message.
@@ -65,16 +64,6 @@ Outcome same_with_and_without_helper(std::span<const std::byte> input, bool* use
     REQUIRE(helped == alone);
     if (used != nullptr) *used = helper.started() > 0;
     return alone;
-}
-
-std::vector<std::byte> read_bytes(const std::filesystem::path& path) {
-    std::ifstream in(path, std::ios::binary);
-    REQUIRE(in.good());
-    const std::vector<char> chars((std::istreambuf_iterator<char>(in)),
-                                  std::istreambuf_iterator<char>());
-    std::vector<std::byte> out(chars.size());
-    std::memcpy(out.data(), chars.data(), chars.size());
-    return out;
 }
 
 std::uint32_t le32(const std::vector<std::byte>& b, std::size_t at) {
