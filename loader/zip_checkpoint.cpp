@@ -49,6 +49,21 @@ bool read_byteorder(ZipArchive& zip, StorageTable& storages) {
     throw Error(ErrorCode::malformed, "byteorder record says neither \"little\" nor \"big\"");
 }
 
+// The storage a persistent id names, declared in the table; `first`: this
+// id is the first to name it (its record is not bound yet).
+struct DeclaredStorage {
+    std::uint32_t index;
+    bool first;
+};
+
+DeclaredStorage declare_storage(const ValuePtr& pid, CallContext& c) {
+    const StoragePid storage = parse_storage_pid(pid, 5, c);
+    const std::size_t known = c.storages.all().size();
+    const std::uint32_t index =
+        c.storages.declare(storage.key, storage.dtype, storage.numel, storage.location);
+    return {index, index == known};
+}
+
 // Binds storage `index` to its record data/<key>. `c.offset` is where the
 // pickle asked for it (the messages say so).
 void bind_record(ZipArchive& zip, std::uint32_t index, bool big_endian, CallContext& c) {
@@ -94,10 +109,8 @@ ReadResult read_after_directory(ZipArchive& zip, CallContext& ctx) {
     const bool big_endian = read_byteorder(zip, ctx.storages);
     const auto pickle = record_bytes(zip, data_pkl, ctx.storages);
     PersistentLoader load_storage = [&zip, big_endian](const ValuePtr& pid, CallContext& c) {
-        const StoragePid storage = parse_storage_pid(pid, 5, c);
-        const std::uint32_t index =
-            c.storages.declare(storage.key, storage.dtype, storage.numel, storage.location);
-        if (!c.storages.at(index).bound) bind_record(zip, index, big_endian, c);
+        const auto [index, first] = declare_storage(pid, c);
+        if (first) bind_record(zip, index, big_endian, c);
         return c.arena.make(StorageValue{index});
     };
     PickleVm vm(pickle, ctx, load_storage);
@@ -125,15 +138,12 @@ ReadResult read_beside_directory(ZipArchive& zip, CallContext& ctx, HelperThread
     helper.start([&zip] { zip.read_directory(); });
     try {
         pickle = record_bytes(zip, zip.first_entry(), ctx.storages);
-        PersistentLoader declare_storage = [&pending](const ValuePtr& pid, CallContext& c) {
-            const StoragePid storage = parse_storage_pid(pid, 5, c);
-            const std::size_t known = c.storages.all().size();
-            const std::uint32_t index =
-                c.storages.declare(storage.key, storage.dtype, storage.numel, storage.location);
-            if (index == known) pending.push_back({index, c.offset});
+        PersistentLoader defer_storage = [&pending](const ValuePtr& pid, CallContext& c) {
+            const auto [index, first] = declare_storage(pid, c);
+            if (first) pending.push_back({index, c.offset});
             return c.arena.make(StorageValue{index});
         };
-        PickleVm vm(pickle, ctx, declare_storage);
+        PickleVm vm(pickle, ctx, defer_storage);
         result.emplace(ReadResult{vm.run(), vm.info()});
     } catch (...) {
         pickle_error = std::current_exception();
