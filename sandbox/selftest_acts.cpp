@@ -16,17 +16,19 @@
 #include <new>
 
 namespace picklejail::sandbox {
+
+#if defined(__x86_64__)
 namespace {
+constexpr long kX32SyscallBit = 0x40000000;  // __X32_SYSCALL_BIT
+constexpr long kI386Getpid = 20;             // __NR_getpid in the i386 table
+}  // namespace
 
-constexpr long kX32SyscallBit = 0x40000000;
-
-long int80_getpid() {
-    long result = 20;  // __NR_getpid on i386
+long int80_getpid() noexcept {
+    long result = kI386Getpid;
     asm volatile("int $0x80" : "+a"(result) : : "memory");
     return result;
 }
-
-}  // namespace
+#endif
 
 // Each branch makes the raw attempt; reaching `return` means it was not stopped.
 std::string_view attempt_forbidden_act(std::string_view act) {
@@ -66,6 +68,7 @@ std::string_view attempt_forbidden_act(std::string_view act) {
         return ::mprotect(page, 4096, PROT_READ | PROT_EXEC) == 0 ? "made memory executable"
                                                                   : "mprotect failed with an errno";
     }
+#if defined(__x86_64__)
     if (act == "int80") {
         return int80_getpid() > 0 ? "32-bit int 0x80 syscall ran" : "int 0x80 failed with an errno";
     }
@@ -73,6 +76,7 @@ std::string_view attempt_forbidden_act(std::string_view act) {
         return ::syscall(kX32SyscallBit | SYS_getpid) > 0 ? "x32 syscall ran"
                                                           : "x32 syscall failed with an errno";
     }
+#endif
     if (act == "write_foreign_fd") {
         return ::write(1, "x", 1) == 1 ? "wrote to fd 1" : "write failed with an errno";
     }
