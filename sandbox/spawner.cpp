@@ -1,7 +1,6 @@
 #include "sandbox/spawner.hpp"
 
 #include <fcntl.h>
-#include <linux/sched.h>
 #include <poll.h>
 #include <pwd.h>
 #include <sched.h>
@@ -22,6 +21,7 @@
 #include "ipc/result_record.hpp"
 #include "ipc/safetensors_check.hpp"
 #include "ipc/unique_fd.hpp"
+#include "sandbox/clone_pidfd.hpp"
 #include "sandbox/worker_fds.hpp"
 
 namespace picklejail::sandbox {
@@ -152,20 +152,16 @@ ChildProcess start_child(const PreparedExec& exec, int in, int out, int result, 
                          int network_namespace) {
     UniqueFd devnull(::open("/dev/null", O_RDWR | O_CLOEXEC));
     if (!devnull) spawn_fail("open /dev/null");
-    int pidfd = -1;
-    clone_args args{};
-    args.flags = CLONE_PIDFD;
+    std::uint64_t flags = 0;
     if (isolate) {
-        args.flags |= CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWPID;
-        if (network_namespace < 0) args.flags |= CLONE_NEWNET;
+        flags |= CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWPID;
+        if (network_namespace < 0) flags |= CLONE_NEWNET;
     }
-    args.pidfd = reinterpret_cast<std::uint64_t>(&pidfd);
-    args.exit_signal = SIGCHLD;
-    const long pid = ::syscall(SYS_clone3, &args, sizeof args);
-    if (pid < 0) spawn_fail("clone3");
-    if (pid == 0)
+    ClonedChild child = clone_with_pidfd(flags);
+    if (child.pid < 0) spawn_fail("clone");
+    if (child.pid == 0)
         exec_child(exec, in, out, result, devnull.get(), isolate ? network_namespace : -1);
-    return ChildProcess(static_cast<pid_t>(pid), UniqueFd(pidfd));
+    return ChildProcess(child.pid, std::move(child.pidfd));
 }
 
 std::string read_result(int fd) {
@@ -274,18 +270,14 @@ WorkerIdentity worker_identity() {
 
 ipc::UniqueFd create_empty_network_namespace() {
     if (::geteuid() != 0) return {};
-    clone_args args{};
-    int pidfd = -1;
-    args.flags = CLONE_PIDFD | CLONE_NEWNET;
-    args.pidfd = reinterpret_cast<std::uint64_t>(&pidfd);
-    args.exit_signal = SIGCHLD;
-    const long pid = ::syscall(SYS_clone3, &args, sizeof args);
-    if (pid < 0) spawn_fail("clone3 (network namespace)");
-    if (pid == 0) {
+    ClonedChild child = clone_with_pidfd(CLONE_NEWNET);
+    if (child.pid < 0) spawn_fail("clone (network namespace)");
+    if (child.pid == 0) {
         ::pause();  // lives only until the parent has opened its namespace
         ::_exit(0);
     }
-    ChildProcess holder(static_cast<pid_t>(pid), UniqueFd(pidfd));
+    const pid_t pid = child.pid;
+    ChildProcess holder(pid, std::move(child.pidfd));
     UniqueFd ns(::open(("/proc/" + std::to_string(pid) + "/ns/net").c_str(), O_RDONLY | O_CLOEXEC));
     if (!ns) spawn_fail("open the worker network namespace");
     return ns;  // holder's destructor kills and reaps the child

@@ -3,8 +3,11 @@
 // code, and nothing (process, fd) is left behind.
 #include <dirent.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -14,6 +17,7 @@
 #include <thread>
 
 #include "ipc/memfd.hpp"
+#include "sandbox/clone_pidfd.hpp"
 #include "sandbox/kernel_probe.hpp"
 #include "sandbox/policy_files.hpp"
 #include "sandbox/selftest_acts.hpp"
@@ -249,5 +253,23 @@ TEST_CASE("sandbox: fixtures convert through the worker as in-process", "[sandbo
         CHECK(rejected.message.find("torch.nn.modules.container.Sequential") != std::string::npos);
     }
     CHECK(open_fd_count() == fds_before);
+    CHECK_FALSE(has_children());
+}
+
+// The path the spawner takes where clone3 answers ENOSYS (containers); the
+// ctests convert_without_clone3 and selftest_without_clone3 take it end to end.
+TEST_CASE("sandbox: clone with CLONE_PIDFD starts a child with a pidfd", "[sandbox]") {
+    const bool root = ::geteuid() == 0;
+    const std::uint64_t flags = root ? CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS : 0;
+    auto child = sandbox::legacy_clone_with_pidfd(flags);
+    if (child.pid == 0) ::_exit(::getpid() == 1 ? 41 : 42);  // pid 1 in a new PID namespace
+    REQUIRE(child.pid > 0);
+    REQUIRE(child.pidfd.valid());
+    pollfd pfd{child.pidfd.get(), POLLIN, 0};
+    CHECK(::poll(&pfd, 1, 10'000) == 1);  // the pidfd reports the exit
+    int status = 0;
+    REQUIRE(::waitpid(child.pid, &status, 0) == child.pid);
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == (root ? 41 : 42));
     CHECK_FALSE(has_children());
 }
