@@ -65,10 +65,12 @@ Mapping map_output(int fd, std::uint64_t size, const std::string& what) {
     if (::ftruncate(fd, static_cast<off_t>(size)) != 0) io_fail("cannot size " + what, errno);
     if (size == 0) return {};
     // Reserve the pages now: a full disk fails here, not as SIGBUS mid-copy.
-    if (const int rc = ::posix_fallocate(fd, 0, static_cast<off_t>(size));
-        rc != 0 && rc != EOPNOTSUPP) {
-        io_fail("cannot allocate " + what, rc);
-    }
+    // The raw call, not posix_fallocate: where the filesystem has no fallocate
+    // (ext2, older NFS, some FUSE) glibc emulates it with fstatfs, fcntl and
+    // pwrite loops the worker's seccomp filter refuses; there the ftruncate
+    // above has sized the file and the pages are allocated as written.
+    if (::fallocate(fd, 0, 0, static_cast<off_t>(size)) != 0 && errno != EOPNOTSUPP)
+        io_fail("cannot allocate " + what, errno);
     void* address = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (address == MAP_FAILED) io_fail("cannot map " + what, errno);
     return {address, static_cast<std::size_t>(size)};

@@ -12,7 +12,7 @@ BUILD_PACKAGES=(cmake g++ make pkg-config zlib1g-dev libminizip-dev nlohmann-jso
     libcli11-dev libseccomp-dev libboost-dev libsystemd-dev libssl-dev catch2 libmimalloc-dev
     libsimdjson-dev)
 TEST_PACKAGES=(python3 python3-pytest python3-numpy python3-torch python3-venv python3-pip
-    python3-setuptools python3-wheel nodejs systemd libbenchmark-dev)
+    python3-setuptools python3-wheel nodejs systemd libbenchmark-dev e2fsprogs util-linux)
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
