@@ -4,6 +4,7 @@
 #include <grp.h>
 #include <linux/capability.h>
 #include <linux/landlock.h>
+#include <poll.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -49,10 +50,19 @@ std::uint64_t mapped_bytes() {
 
 }  // namespace
 
+bool parent_alive(pid_t expected_parent) {
+    if (expected_parent != 0) return ::getppid() == expected_parent;
+    // In a new PID namespace getppid() is 0 whoever the parent is. The
+    // spawner holds the read end of the result pipe until it reaps us: once
+    // it is gone, our write end reports POLLERR.
+    pollfd result{kResultFd, POLLOUT, 0};
+    return ::poll(&result, 1, 0) >= 0 && (result.revents & (POLLERR | POLLNVAL)) == 0;
+}
+
 void bind_to_parent(pid_t expected_parent) {
     if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) refuse("PR_SET_PDEATHSIG");
     // The parent may have died before the prctl: then we were reparented.
-    if (expected_parent != 0 && ::getppid() != expected_parent) ::_exit(1);
+    if (!parent_alive(expected_parent)) ::_exit(1);
     if (::prctl(PR_SET_DUMPABLE, 0) != 0) refuse("PR_SET_DUMPABLE");
 }
 
@@ -112,7 +122,7 @@ void enter_empty_root() {
     if (::sethostname("picklejail", 10) != 0) refuse("sethostname");
 }
 
-void drop_to(uid_t uid, gid_t gid) {
+void drop_to(uid_t uid, gid_t gid, pid_t expected_parent) {
     if (::setgroups(0, nullptr) != 0) refuse("setgroups");
     if (::setresgid(gid, gid, gid) != 0) refuse("setresgid");
     if (::setresuid(uid, uid, uid) != 0) refuse("setresuid");
@@ -125,6 +135,9 @@ void drop_to(uid_t uid, gid_t gid) {
         errno = EPERM;
         refuse("privileges could be regained");
     }
+    // Changing credentials cleared the parent-death signal (and dumpable):
+    // bind again, and check the spawner did not die in between.
+    bind_to_parent(expected_parent);
 }
 
 void set_no_new_privs() {

@@ -25,14 +25,18 @@ struct ConfineReport {
     bool landlock = false;
 };
 
-// Dies with the parent, and closes every fd above the fixed ones.
+// Dies with the parent (`expected_parent`, or 0 in a new PID namespace, where
+// the result pipe tells whether the spawner still lives), and closes every fd
+// above the fixed ones.
+[[nodiscard]] bool parent_alive(pid_t expected_parent);
 void bind_to_parent(pid_t expected_parent);
 void close_extra_fds();
 void apply_rlimits(const ConfineOptions& options);
 // As root (the spawner created new namespaces): empty read-only root,
-// setgroups/setresgid/setresuid to the unprivileged ids, every capability gone.
+// setgroups/setresgid/setresuid to the unprivileged ids, every capability gone,
+// then bound to the parent again (the credential change cleared that).
 void enter_empty_root();
-void drop_to(uid_t uid, gid_t gid);
+void drop_to(uid_t uid, gid_t gid, pid_t expected_parent);
 void set_no_new_privs();
 [[nodiscard]] bool apply_landlock_deny_all();
 

@@ -5,6 +5,7 @@
 
 #include "common/error.hpp"
 #include "sandbox/confine.hpp"
+#include "sandbox/worker_signals.hpp"
 
 namespace picklejail::sandbox {
 
@@ -32,6 +33,7 @@ void CopyThread::serve() {
         // Per-thread parts of the confinement (see the header).
         set_no_new_privs();
         (void)apply_landlock_deny_all();
+        give_thread_signal_stack();  // sigaltstack is per thread; the filter refuses it
         // The allocator sets up a thread's heap at its first allocation, and
         // mimalloc seeds it from getrandom, which the filter refuses: now,
         // before the filter, rather than in the middle of a task.

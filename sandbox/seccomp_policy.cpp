@@ -1,7 +1,6 @@
 #include "sandbox/seccomp_policy.hpp"
 
 #include <seccomp.h>
-#include <signal.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -9,7 +8,6 @@
 #include <cstring>
 
 #include "common/error.hpp"
-#include "ipc/result_record.hpp"
 #include "sandbox/worker_fds.hpp"
 
 namespace picklejail::sandbox {
@@ -48,14 +46,6 @@ void allow_mmap(scmp_filter_ctx ctx, int fd_arg, int flags_required) {
             SCMP_A4(SCMP_CMP_MASKED_EQ, kLow32, static_cast<scmp_datum_t>(fd_arg) & kLow32)) != 0) {
         throw Error(ErrorCode::internal, "seccomp_rule_add(mmap) failed");
     }
-}
-
-void on_sigsys(int, siginfo_t* info, void*) {
-    ipc::ResultRecord record =
-        ipc::make_result(ErrorCode::sandbox_violation, "forbidden system call");
-    record.syscall = info->si_syscall;
-    (void)!::write(kResultFd, &record, sizeof record);
-    ::syscall(SYS_exit_group, 128 + SIGSYS);
 }
 
 }  // namespace
@@ -135,15 +125,6 @@ void SeccompFilter::load() {
     if (const int rc = seccomp_load(context_->ctx); rc != 0) {
         throw Error(ErrorCode::internal, std::string("seccomp_load failed: ") + std::strerror(-rc));
     }
-}
-
-void install_violation_reporter() {
-    struct sigaction action {};
-    action.sa_sigaction = &on_sigsys;
-    action.sa_flags = SA_SIGINFO;
-    sigemptyset(&action.sa_mask);
-    if (::sigaction(SIGSYS, &action, nullptr) != 0)
-        throw Error(ErrorCode::internal, "sigaction(SIGSYS) failed");
 }
 
 }  // namespace picklejail::sandbox

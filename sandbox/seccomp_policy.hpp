@@ -9,7 +9,7 @@ namespace picklejail::sandbox {
 class SeccompFilter {
   public:
     // Default action for unlisted syscalls: SECCOMP_RET_TRAP, so the worker's
-    // SIGSYS handler can report the syscall number before it exits; a foreign
+    // SIGSYS handler (worker_signals.hpp) can report the syscall number before it exits; a foreign
     // architecture (int 0x80, x32) kills the process outright.
     [[nodiscard]] static SeccompFilter worker_policy();
     SeccompFilter(SeccompFilter&&) noexcept;
@@ -24,9 +24,5 @@ class SeccompFilter {
     struct Context;
     std::unique_ptr<Context> context_;
 };
-
-// Installs the SIGSYS handler that writes a sandbox_violation record (with the
-// syscall number) to the result fd and exits. Async-signal-safe.
-void install_violation_reporter();
 
 }  // namespace picklejail::sandbox

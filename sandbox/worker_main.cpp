@@ -8,6 +8,7 @@
 #include <mimalloc.h>
 #endif
 
+#include <atomic>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -28,6 +29,7 @@
 #include "sandbox/seccomp_policy.hpp"
 #include "sandbox/selftest_acts.hpp"
 #include "sandbox/worker_fds.hpp"
+#include "sandbox/worker_signals.hpp"
 
 namespace {
 
@@ -116,7 +118,7 @@ void confine(const WorkerArgs& args, sandbox::SeccompFilter& filter) {
     sandbox::apply_rlimits(args.confine);
     if (args.confine.drop_privileges) {
         sandbox::enter_empty_root();
-        sandbox::drop_to(args.confine.uid, args.confine.gid);
+        sandbox::drop_to(args.confine.uid, args.confine.gid, args.confine.expected_parent);
     }
     sandbox::set_no_new_privs();
     (void)sandbox::apply_landlock_deny_all();
@@ -171,6 +173,19 @@ int selftest(const WorkerArgs& args, std::optional<sandbox::CopyThread>& helper)
     if (args.selftest == "copy_thread_open_file") {
         helper->start([&outcome] { outcome = sandbox::attempt_forbidden_act("open_file"); });
         helper->wait();
+    } else if (args.selftest == "both_threads_trap") {
+        // Test only: both threads make a forbidden call at the same moment;
+        // the spawner must still get one well-formed violation record.
+        std::atomic<int> arrived{0};
+        const auto meet_and_trap = [&arrived, &outcome] {
+            arrived.fetch_add(1);
+            while (arrived.load() < 2) {
+            }
+            outcome = sandbox::attempt_forbidden_act("open_file");
+        };
+        helper->start(meet_and_trap);
+        meet_and_trap();
+        helper->wait();
     } else {
         outcome = sandbox::attempt_forbidden_act(args.selftest);
     }
@@ -211,7 +226,8 @@ int main(int argc, char** argv) {
     std::optional<sandbox::CopyThread> helper;
     try {
         silence_allocator();
-        sandbox::install_violation_reporter();
+        sandbox::install_worker_signal_handlers();
+        sandbox::give_thread_signal_stack();
         const WorkerArgs args = parse_args(argc, argv);
         sandbox::bind_to_parent(args.confine.expected_parent);
         sandbox::close_extra_fds();

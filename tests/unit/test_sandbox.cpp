@@ -7,6 +7,7 @@
 #include <sched.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -271,5 +272,110 @@ TEST_CASE("sandbox: clone with CLONE_PIDFD starts a child with a pidfd", "[sandb
     REQUIRE(::waitpid(child.pid, &status, 0) == child.pid);
     REQUIRE(WIFEXITED(status));
     CHECK(WEXITSTATUS(status) == (root ? 41 : 42));
+    CHECK_FALSE(has_children());
+}
+
+namespace {
+
+// Waits until `pid` runs under its seccomp filter (confinement is complete).
+bool wait_until_filtered(pid_t pid) {
+    const std::string status_path = "/proc/" + std::to_string(pid) + "/status";
+    for (int i = 0; i < 500; ++i) {
+        if (status_field(read_file(status_path), "Seccomp") == "2") return true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+}
+
+std::string fixture_path(const std::string& name) {
+    return std::string(PICKLEJAIL_SOURCE_DIR) + "/tests/fixtures/" + name;
+}
+
+}  // namespace
+
+TEST_CASE("sandbox: both threads trapping at once report one violation", "[sandbox]") {
+    for (int round = 0; round < 20; ++round) {
+        INFO("round " << round);
+        const auto result = run_act("both_threads_trap");
+        INFO(sandbox::describe(result));
+        REQUIRE(result.status == ErrorCode::sandbox_violation);
+        CHECK(result.syscall == SYS_openat);
+    }
+    CHECK_FALSE(has_children());
+}
+
+TEST_CASE("sandbox: a SIGSYS sent by kill is not a violation", "[sandbox]") {
+    auto options = base_options();
+    options.deadline = std::chrono::milliseconds(2000);
+    bool signalled = false;
+    const auto send_sigsys = [](pid_t pid, void* context) {
+        *static_cast<bool*>(context) = wait_until_filtered(pid) && ::kill(pid, SIGSYS) == 0;
+    };
+    const auto in = ipc::create_image_memfd("test-in");
+    const auto out = ipc::create_image_memfd("test-out");
+    options.selftest_act = "spin";
+    const auto result = sandbox::run_worker(in.get(), out.get(), options, send_sigsys, &signalled);
+    REQUIRE(signalled);
+    INFO(sandbox::describe(result));
+    CHECK(result.status == ErrorCode::timeout);  // ignored: it spun on until the deadline
+}
+
+TEST_CASE("sandbox: the output size limit ends a job as resource_exceeded", "[sandbox]") {
+    auto options = base_options();
+    options.policy_json =
+        sandbox::load_policy_text("weights", std::string(PICKLEJAIL_SOURCE_DIR) + "/policies");
+    options.output_bytes = 4096;  // RLIMIT_FSIZE; the image is ~40 KB
+    const ipc::UniqueFd in(
+        ::open(fixture_path("torch-2.11/train_checkpoint.pt").c_str(), O_RDONLY | O_CLOEXEC));
+    REQUIRE(in.valid());
+    // A regular file, as `picklejail convert` writes; as root the worker is
+    // PID 1 of its namespace, where an unhandled SIGXFSZ would be dropped.
+    const ipc::UniqueFd out(::open("/tmp", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));
+    REQUIRE(out.valid());
+    const auto result = sandbox::run_worker(in.get(), out.get(), options);
+    INFO(sandbox::describe(result));
+    CHECK(result.status == ErrorCode::resource_exceeded);
+    CHECK(result.message.find("output size") != std::string::npos);
+    CHECK_FALSE(has_children());
+}
+
+TEST_CASE("sandbox: a confined worker dies with its spawner", "[sandbox]") {
+    int pipe_fds[2];
+    REQUIRE(::pipe2(pipe_fds, O_CLOEXEC) == 0);
+    ipc::UniqueFd read_end(pipe_fds[0]);
+    ipc::UniqueFd write_end(pipe_fds[1]);
+    const pid_t spawner = ::fork();
+    REQUIRE(spawner >= 0);
+    if (spawner == 0) {
+        // A spawner that dies (without killing its worker) once the worker is
+        // fully confined, credentials changed and all.
+        auto options = base_options();
+        options.deadline = std::chrono::seconds(60);
+        options.selftest_act = "spin";
+        const auto in = ipc::create_image_memfd("test-in");
+        const auto out = ipc::create_image_memfd("test-out");
+        auto job = sandbox::start_worker(in.get(), out.get(), options);
+        const pid_t worker = wait_until_filtered(job.pid()) ? job.pid() : -1;
+        (void)!::write(write_end.get(), &worker, sizeof worker);
+        ::_exit(0);  // no destructors: the job is not killed by us
+    }
+    write_end.reset();
+    pid_t worker = -1;
+    const bool got = ::read(read_end.get(), &worker, sizeof worker) == sizeof worker;
+    // Opened before the spawner is reaped; ESRCH means the worker is already gone.
+    const ipc::UniqueFd worker_fd(
+        got && worker > 0 ? static_cast<int>(::syscall(SYS_pidfd_open, worker, 0)) : -1);
+    const int open_errno = errno;
+    int status = 0;
+    REQUIRE(::waitpid(spawner, &status, 0) == spawner);
+    REQUIRE(got);
+    REQUIRE(worker > 0);
+    bool died = !worker_fd.valid() && open_errno == ESRCH;
+    if (worker_fd.valid()) {
+        pollfd pfd{worker_fd.get(), POLLIN, 0};
+        died = ::poll(&pfd, 1, 5000) == 1;
+        if (!died) (void)::syscall(SYS_pidfd_send_signal, worker_fd.get(), SIGKILL, nullptr, 0);
+    }
+    CHECK(died);
     CHECK_FALSE(has_children());
 }
