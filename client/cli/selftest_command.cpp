@@ -3,6 +3,7 @@
 #include "client/cli/commands.hpp"
 #include "client/cli/report_error.hpp"
 #include "ipc/memfd.hpp"
+#include "sandbox/host_confinement.hpp"
 #include "sandbox/kernel_probe.hpp"
 #include "sandbox/selftest_acts.hpp"
 #include "sandbox/selftest_verdict.hpp"
@@ -13,6 +14,7 @@ namespace picklejail::cli {
 int run_selftest() {
     int not_stopped = 0;
     const int rc = report_errors([&] {
+        std::printf("host confinement: %s\n", sandbox::describe_host_confinement().dump(2).c_str());
         // Probed once, unconfined: an act this kernel cannot even make is
         // reported as such, not as a failure of the sandbox.
         const auto ia32_entry = sandbox::probe_ia32_entry();
