@@ -25,7 +25,11 @@ constexpr std::uint64_t kMaxSendfile = 0x7ffff000;
 constexpr std::uint64_t kMinSendfile = std::uint64_t{256} * 1024;
 // Below this the copy thread saves less than handing it work costs.
 constexpr std::uint64_t kMinParallelCopy = std::uint64_t{32} << 20;
-constexpr std::uint64_t kPage = 4096;
+// The kernel's page size: 4 KiB on x86-64, but 4, 16 or 64 KiB on aarch64
+// (64 KiB kernels are common on Grace hosts), and madvise refuses a range
+// that does not start on one. Read once at start-up, before the filter (glibc
+// keeps it from the auxiliary vector: no system call).
+const std::uint64_t kPage = static_cast<std::uint64_t>(::getpagesize());
 // The unit of work the two threads share out.
 constexpr std::uint64_t kChunk = std::uint64_t{8} << 20;
 
