@@ -77,11 +77,7 @@ def check_safetensors(image):
 def check_outcome(outcome, code, contains, what):
     assert outcome.code not in CRASH_CODES or outcome.code == code, \
         f"{what}: {outcome.code}: {outcome.message}"
-    if code == "clean":
-        assert outcome.code in generate.CLEAN_CODES, f"{what}: {outcome.code}: {outcome.message}"
-    else:
-        assert outcome.code == code, \
-            f"{what}: expected {code}, got {outcome.code}: {outcome.message}"
+    assert outcome.code == code, f"{what}: expected {code}, got {outcome.code}: {outcome.message}"
     if contains and outcome.code != "ok":
         assert contains in outcome.message, \
             f"{what}: message does not name {contains!r}: {outcome.message}"
@@ -118,6 +114,15 @@ def test_generated_covers_every_class():
     for case in CASES:
         if case.cls == "code_global":
             assert case.code == "forbidden_global" and case.contains
+
+
+def test_every_case_has_one_exact_code():
+    """No case accepts a choice of endings: each names the one code it must end with."""
+    assert all(c.code in generate.CLEAN_CODES for c in CASES)
+    flips = [c for c in CASES if c.name.startswith("flip_random_")]
+    assert len(flips) == len(generate.FLIP_OUTCOMES) == 45
+    # Every refusal among them names what it refused.
+    assert all(c.contains not in ("", "-") for c in flips if c.code != "ok")
 
 
 def test_expected_table_matches(hostile_dir):
