@@ -4,6 +4,7 @@
 #include <grp.h>
 #include <linux/capability.h>
 #include <linux/landlock.h>
+#include <linux/securebits.h>
 #include <poll.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
@@ -138,6 +139,32 @@ void drop_to(uid_t uid, gid_t gid, pid_t expected_parent) {
     // Changing credentials cleared the parent-death signal (and dumpable):
     // bind again, and check the spawner did not die in between.
     bind_to_parent(expected_parent);
+}
+
+void drop_capabilities() {
+    // Locked first, while CAP_SETPCAP is still there: uid 0 in the namespace
+    // no longer means capabilities (NOROOT), a uid change cannot restore any
+    // (NO_SETUID_FIXUP), and none can be raised into the ambient set.
+    constexpr unsigned long kLockedBits = SECBIT_NOROOT | SECBIT_NOROOT_LOCKED |
+                                          SECBIT_NO_SETUID_FIXUP | SECBIT_NO_SETUID_FIXUP_LOCKED |
+                                          SECBIT_KEEP_CAPS_LOCKED | SECBIT_NO_CAP_AMBIENT_RAISE |
+                                          SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
+    if (::prctl(PR_SET_SECUREBITS, kLockedBits, 0, 0, 0) != 0) refuse("PR_SET_SECUREBITS");
+    // The bounding set, up to the kernel's last capability (PR_CAPBSET_READ
+    // answers EINVAL past it; /proc/sys/kernel/cap_last_cap is gone with the old root).
+    for (unsigned long cap = 0; ::prctl(PR_CAPBSET_READ, cap, 0, 0, 0) >= 0; ++cap) {
+        if (::prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) refuse("PR_CAPBSET_DROP");
+    }
+    if (::prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0)
+        refuse("PR_CAP_AMBIENT_CLEAR_ALL");
+    __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+    __user_cap_data_struct data[2]{};
+    if (::syscall(SYS_capset, &header, data) != 0) refuse("capset");
+    // The namespace's own hostname was set with CAP_SYS_ADMIN a moment ago.
+    if (::sethostname("picklejail", 10) == 0) {
+        errno = EPERM;
+        refuse("capabilities survived the drop");
+    }
 }
 
 void set_no_new_privs() {

@@ -16,6 +16,7 @@ struct ConfineOptions {
     std::uint64_t cpu_seconds = 0;          // RLIMIT_CPU; 0 = leave unset
     std::uint64_t output_bytes = 0;         // RLIMIT_FSIZE
     bool drop_privileges = false;           // only when started as root
+    bool user_namespace = false;            // started in a new user namespace (not root)
     uid_t uid = 65534;
     gid_t gid = 65534;
 };
@@ -32,11 +33,17 @@ struct ConfineReport {
 void bind_to_parent(pid_t expected_parent);
 void close_extra_fds();
 void apply_rlimits(const ConfineOptions& options);
-// As root (the spawner created new namespaces): empty read-only root,
-// setgroups/setresgid/setresuid to the unprivileged ids, every capability gone,
-// then bound to the parent again (the credential change cleared that).
+// As root, or in a user namespace (the spawner created new namespaces): an
+// empty read-only root. Then, as root: setgroups/setresgid/setresuid to the
+// unprivileged ids, every capability gone, and bound to the parent again (the
+// credential change cleared that).
 void enter_empty_root();
 void drop_to(uid_t uid, gid_t gid, pid_t expected_parent);
+// In a user namespace the worker owns (not root): its only mapped uid is 0,
+// so there is no uid to switch to. Instead every capability goes, from every
+// set including the bounding set, and securebits are locked so that uid 0
+// can never give them back; checked by a privileged call that must now fail.
+void drop_capabilities();
 void set_no_new_privs();
 [[nodiscard]] bool apply_landlock_deny_all();
 

@@ -12,6 +12,7 @@
 
 #include "sandbox/kernel_probe.hpp"
 #include "sandbox/spawner.hpp"
+#include "sandbox/user_namespace.hpp"
 
 namespace picklejail::sandbox {
 namespace {
@@ -33,13 +34,27 @@ const char* architecture() {
 #endif
 }
 
-json namespaces(bool root) {
+json namespaces(bool root, const UserNamespaceSupport& userns) {
     if (root) return {{"applied", true}, {"kinds", {"mount", "network", "ipc", "uts", "pid"}}};
+    if (userns.usable) {
+        return {{"applied", true},
+                {"kinds", {"user", "mount", "network", "ipc", "uts", "pid"}},
+                {"note", "not root: in a user namespace mapping only the caller's uid and gid"}};
+    }
     return {{"applied", false},
-            {"reason", "not root: workers share the caller's namespaces (no user namespace)"}};
+            {"reason",
+             "not root, and no user namespace: workers share the caller's namespaces "
+             "and root: " +
+                 userns.reason}};
 }
 
-json uid_drop(bool root) {
+json uid_drop(bool root, const UserNamespaceSupport& userns) {
+    if (!root && userns.usable) {
+        return {{"applied", false},
+                {"reason",
+                 "not root: workers keep the caller's uid (0 in their user namespace, "
+                 "with every capability dropped and securebits locked)"}};
+    }
     if (!root) return {{"applied", false}, {"reason", "not root: workers keep the caller's uid"}};
     const auto id = worker_identity();
     return {{"applied", true}, {"uid", id.uid}, {"gid", id.gid}};
@@ -109,11 +124,13 @@ json clone3() {
 
 nlohmann::json describe_host_confinement() {
     const bool root = ::geteuid() == 0;
+    // Probed afresh, not the spawner's cached answer: this is the report.
+    const UserNamespaceSupport userns = root ? UserNamespaceSupport{} : probe_user_namespaces();
     return {
         {"architecture", architecture()},
         {"running_as_root", root},
-        {"namespaces", namespaces(root)},
-        {"uid_drop", uid_drop(root)},
+        {"namespaces", namespaces(root, userns)},
+        {"uid_drop", uid_drop(root, userns)},
         {"no_new_privs", {{"applied", true}}},
         {"landlock", landlock()},
         {"seccomp", seccomp()},

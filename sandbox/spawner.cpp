@@ -22,6 +22,7 @@
 #include "ipc/safetensors_check.hpp"
 #include "ipc/unique_fd.hpp"
 #include "sandbox/clone_pidfd.hpp"
+#include "sandbox/user_namespace.hpp"
 #include "sandbox/worker_fds.hpp"
 
 namespace picklejail::sandbox {
@@ -31,6 +32,15 @@ using ipc::UniqueFd;
 
 constexpr int kStagingFd = 10;  // sources are moved above 3..5 before the child dup2s them
 constexpr std::uint64_t kHeapAllowance = 1ULL << 30;
+// The child's exit status when it could not write its user namespace's maps.
+constexpr int kExitIdMaps = 125;
+
+// How a worker is kept apart from the host.
+enum class Isolation {
+    none,            // not root and no user namespaces: rlimits, no_new_privs, Landlock, seccomp
+    root,            // new namespaces and a switch to the unprivileged worker user
+    user_namespace,  // not root: the same namespaces inside a new user namespace
+};
 
 [[noreturn]] void spawn_fail(const std::string& what) {
     throw Error(ErrorCode::internal,
@@ -104,11 +114,13 @@ struct PreparedExec {
     std::array<char*, 1> envp{nullptr};
 };
 
-PreparedExec prepare_exec(const SpawnOptions& options, std::uint64_t input_size, bool drop) {
+PreparedExec prepare_exec(const SpawnOptions& options, std::uint64_t input_size,
+                          Isolation isolation) {
     PreparedExec exec;
     const auto worker = options.worker.empty() ? default_worker_path() : options.worker;
     // In a new PID namespace getppid() is 0, so the reparenting check is skipped.
-    exec.args = {worker.string(), "--parent", drop ? "0" : std::to_string(::getpid())};
+    exec.args = {worker.string(), "--parent",
+                 isolation != Isolation::none ? "0" : std::to_string(::getpid())};
     const auto add = [&exec](const std::string& flag, const std::string& value) {
         exec.args.push_back(flag);
         exec.args.push_back(value);
@@ -123,7 +135,8 @@ PreparedExec prepare_exec(const SpawnOptions& options, std::uint64_t input_size,
     const auto cpu = std::chrono::duration_cast<std::chrono::seconds>(options.deadline).count() + 1;
     add("--cpu-seconds", std::to_string(cpu));
     add("--output-bytes", std::to_string(options.output_bytes));
-    if (drop) {
+    if (isolation == Isolation::user_namespace) add("--user-namespace", "1");
+    if (isolation == Isolation::root) {
         const auto id = options.worker_identity ? *options.worker_identity : worker_identity();
         add("--drop-to-uid", std::to_string(id.uid));
         add("--drop-to-gid", std::to_string(id.gid));
@@ -135,7 +148,10 @@ PreparedExec prepare_exec(const SpawnOptions& options, std::uint64_t input_size,
 
 // In the child between clone and exec only async-signal-safe calls happen.
 [[noreturn]] void exec_child(const PreparedExec& exec, int in, int out, int result, int devnull,
-                             int network_namespace) {
+                             int network_namespace, const IdMaps* id_maps) {
+    // Mapped before exec: an unmapped uid would lose the namespace's
+    // capabilities at execve, which the worker needs to build its root.
+    if (id_maps != nullptr && !enter_id_maps(*id_maps)) ::_exit(kExitIdMaps);
     if (network_namespace >= 0 && ::setns(network_namespace, CLONE_NEWNET) != 0) ::_exit(127);
     if (::dup2(devnull, 0) < 0 || ::dup2(devnull, 1) < 0 || ::dup2(devnull, 2) < 0 ||
         ::dup2(in, kInputFd) < 0 || ::dup2(out, kOutputFd) < 0 || ::dup2(result, kResultFd) < 0) {
@@ -146,21 +162,37 @@ PreparedExec prepare_exec(const SpawnOptions& options, std::uint64_t input_size,
     ::_exit(127);
 }
 
-// `network_namespace`: an empty one to join (cheaper than creating one per
-// worker, which costs most of a millisecond); -1 creates a fresh one.
-ChildProcess start_child(const PreparedExec& exec, int in, int out, int result, bool isolate,
+// `network_namespace` (as root): an empty one to join (cheaper than creating
+// one per worker, which costs most of a millisecond); -1 creates a fresh one.
+// In a user namespace the worker always gets a fresh one: joining a network
+// namespace the host's user namespace owns needs privileges it lacks there.
+ChildProcess start_child(const PreparedExec& exec, int in, int out, int result, Isolation isolation,
                          int network_namespace) {
     UniqueFd devnull(::open("/dev/null", O_RDWR | O_CLOEXEC));
     if (!devnull) spawn_fail("open /dev/null");
     std::uint64_t flags = 0;
-    if (isolate) {
-        flags |= CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWPID;
-        if (network_namespace < 0) flags |= CLONE_NEWNET;
+    std::optional<IdMaps> id_maps;
+    switch (isolation) {
+        case Isolation::none:
+            network_namespace = -1;
+            break;
+        case Isolation::root:
+            flags |= CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWPID;
+            if (network_namespace < 0) flags |= CLONE_NEWNET;
+            break;
+        case Isolation::user_namespace:
+            flags |= user_namespace_clone_flags();
+            network_namespace = -1;
+            id_maps = caller_id_maps();
+            break;
     }
     ClonedChild child = clone_with_pidfd(flags);
-    if (child.pid < 0) spawn_fail("clone");
-    if (child.pid == 0)
-        exec_child(exec, in, out, result, devnull.get(), isolate ? network_namespace : -1);
+    if (child.pid < 0)
+        spawn_fail(isolation == Isolation::user_namespace ? "clone (user namespace)" : "clone");
+    if (child.pid == 0) {
+        exec_child(exec, in, out, result, devnull.get(), network_namespace,
+                   id_maps ? &*id_maps : nullptr);
+    }
     return ChildProcess(child.pid, std::move(child.pidfd));
 }
 
@@ -222,10 +254,12 @@ JobResult classify(const ChildProcess::Status& status, bool timed_out,
     }
     if (!record) {
         result.status = ErrorCode::worker_crashed;
+        const int code = WEXITSTATUS(status.wait_status);
         result.message =
-            "the worker exited with status " + std::to_string(WEXITSTATUS(status.wait_status)) +
-            (WEXITSTATUS(status.wait_status) == 127 ? " (could not exec picklejail-worker)"
-                                                    : " without a valid result");
+            "the worker exited with status " + std::to_string(code) +
+            (code == 127           ? " (could not exec picklejail-worker)"
+             : code == kExitIdMaps ? " (could not write its user namespace's uid/gid maps)"
+                                   : " without a valid result");
         return result;
     }
     result.status = record->status;
@@ -304,6 +338,7 @@ struct RunningJob::State {
     UniqueFd result_read;
     UniqueFd output;  // a duplicate: the caller may close its own fd meanwhile
     bool isolated = false;
+    bool user_namespace = false;
     bool selftest = false;
     bool finished = false;
 };
@@ -330,6 +365,7 @@ JobResult RunningJob::finish(bool timed_out) {
     state_->finished = true;
     JobResult result = classify(status, timed_out, read_result(state_->result_read.get()));
     result.isolated = state_->isolated;
+    result.user_namespace = state_->user_namespace;
     result.pid = pid();
     if (result.status == ErrorCode::ok && !state_->selftest)
         verify_output(state_->output.get(), result);
@@ -339,8 +375,16 @@ JobResult RunningJob::finish(bool timed_out) {
 RunningJob start_worker(int input_fd, int output_fd, const SpawnOptions& options) {
     const std::uint64_t input_size =
         options.selftest_act ? 0 : ipc::regular_file_size(input_fd, "input");
-    const bool isolate = options.isolate && ::geteuid() == 0;
-    const PreparedExec exec = prepare_exec(options, input_size, isolate);
+    Isolation isolation = Isolation::none;
+    if (options.isolate) {
+        // Unprivileged: a user namespace where the host allows one
+        // (describe_host_confinement() says why not, where it does not).
+        if (::geteuid() == 0)
+            isolation = Isolation::root;
+        else if (user_namespace_support().usable)
+            isolation = Isolation::user_namespace;
+    }
+    const PreparedExec exec = prepare_exec(options, input_size, isolation);
     int pipe_fds[2];
     if (::pipe2(pipe_fds, O_CLOEXEC) != 0) spawn_fail("pipe2");
     auto state = std::make_unique<RunningJob::State>();
@@ -351,11 +395,12 @@ RunningJob start_worker(int input_fd, int output_fd, const SpawnOptions& options
     {
         const UniqueFd result_fd = dup_high(result_write.get());
         state->child = std::make_unique<ChildProcess>(
-            start_child(exec, in.get(), state->output.get(), result_fd.get(), isolate,
+            start_child(exec, in.get(), state->output.get(), result_fd.get(), isolation,
                         options.network_namespace_fd));
     }
     // Only the worker holds the result pipe's write end now, so EOF means it is gone.
-    state->isolated = isolate;
+    state->isolated = isolation != Isolation::none;
+    state->user_namespace = isolation == Isolation::user_namespace;
     state->selftest = options.selftest_act.has_value();
     return RunningJob(std::move(state));
 }

@@ -33,7 +33,9 @@ struct SpawnOptions {
     std::uint64_t memory_bytes = 0;           // RLIMIT_AS; 0: 2 × input + 1 GiB
     std::uint64_t output_bytes = 1ULL << 40;  // RLIMIT_FSIZE on the output
     std::optional<std::string> selftest_act;  // run a forbidden act instead of a job
-    bool isolate = true;                      // as root: namespaces + unprivileged uid
+    // As root: namespaces + unprivileged uid. Not root: the same namespaces in
+    // a new user namespace, where the host allows unprivileged ones.
+    bool isolate = true;
     int network_namespace_fd = -1;  // an empty network namespace to join; -1: a new one each
     std::optional<WorkerIdentity> worker_identity;  // unset: looked up (worker_identity())
 };
@@ -47,8 +49,9 @@ struct JobResult {
     std::uint64_t tensor_count = 0;
     std::string source_format;  // zip, legacy or pickle (from the checked image)
     std::uint64_t peak_rss_kib = 0;
-    bool isolated = false;  // namespaces and uid switch were applied
-    pid_t pid = 0;          // for diagnostics and tests (already reaped)
+    bool isolated = false;        // new namespaces (and, as root, the uid switch)
+    bool user_namespace = false;  // isolated in a user namespace, keeping the caller's uid
+    pid_t pid = 0;                // for diagnostics and tests (already reaped)
 };
 
 // The dedicated picklejail user when it exists, else nobody. Looks up the

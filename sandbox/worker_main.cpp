@@ -89,6 +89,11 @@ WorkerArgs parse_args(int argc, char** argv) {
         c.gid = static_cast<gid_t>(parse_number(
             flags.count("--drop-to-gid") ? flags["--drop-to-gid"] : "65534", "--drop-to-gid"));
     }
+    // Started in a new user namespace by an unprivileged spawner.
+    if (flags.count("--user-namespace")) c.user_namespace = flags["--user-namespace"] == "1";
+    if (c.user_namespace && c.drop_privileges)
+        throw Error(ErrorCode::invalid_request,
+                    "worker: --user-namespace and --drop-to-uid exclude each other");
     if (args.policy_json.empty() && args.selftest.empty())
         throw Error(ErrorCode::invalid_request, "worker: --policy-json is required");
     return args;
@@ -119,6 +124,12 @@ void confine(const WorkerArgs& args, sandbox::SeccompFilter& filter) {
     if (args.confine.drop_privileges) {
         sandbox::enter_empty_root();
         sandbox::drop_to(args.confine.uid, args.confine.gid, args.confine.expected_parent);
+    } else if (args.confine.user_namespace) {
+        // The same empty root, built with the capabilities the worker holds
+        // in its own user namespace, which then all go.
+        sandbox::enter_empty_root();
+        sandbox::drop_capabilities();
+        sandbox::bind_to_parent(args.confine.expected_parent);
     }
     sandbox::set_no_new_privs();
     (void)sandbox::apply_landlock_deny_all();

@@ -3,11 +3,14 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <string>
+#include <vector>
 
 #include "ipc/memfd.hpp"
 #include "sandbox/host_confinement.hpp"
 #include "sandbox/kernel_probe.hpp"
 #include "sandbox/spawner.hpp"
+#include "sandbox/user_namespace.hpp"
 
 using namespace picklejail;
 
@@ -37,5 +40,27 @@ TEST_CASE("host confinement: namespaces and uid drop match a real worker", "[san
     const auto result = sandbox::run_worker(in.get(), out.get(), options);
     const auto host = sandbox::describe_host_confinement();
     CHECK(host["namespaces"]["applied"] == result.isolated);
-    CHECK(host["uid_drop"]["applied"] == result.isolated);
+    // Without root a user namespace isolates, but the worker keeps the caller's uid.
+    CHECK(host["uid_drop"]["applied"] == (result.isolated && !result.user_namespace));
+    CHECK(result.user_namespace == (result.isolated && ::geteuid() != 0));
+}
+
+TEST_CASE("host confinement: without root, namespaces follow the user namespace probe",
+          "[sandbox]") {
+    const auto host = sandbox::describe_host_confinement();
+    INFO(host.dump());
+    // As root the probe is not consulted: the root path always isolates.
+    const auto userns = ::geteuid() == 0 ? sandbox::UserNamespaceSupport{true, ""}
+                                         : sandbox::probe_user_namespaces();
+    CHECK(host["namespaces"]["applied"] == userns.usable);
+    if (::geteuid() == 0) {
+        CHECK(host["namespaces"]["kinds"].size() == 5);
+    } else if (userns.usable) {
+        const auto kinds = host["namespaces"]["kinds"].get<std::vector<std::string>>();
+        CHECK(kinds == std::vector<std::string>{"user", "mount", "network", "ipc", "uts", "pid"});
+    } else {
+        // Says why: the probe's own reason is part of it.
+        CHECK(host["namespaces"]["reason"].get<std::string>().find(userns.reason) !=
+              std::string::npos);
+    }
 }

@@ -6,14 +6,17 @@
 #include <poll.h>
 #include <sched.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <csignal>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <thread>
 
@@ -24,6 +27,7 @@
 #include "sandbox/selftest_acts.hpp"
 #include "sandbox/selftest_verdict.hpp"
 #include "sandbox/spawner.hpp"
+#include "sandbox/user_namespace.hpp"
 
 namespace {
 
@@ -74,12 +78,33 @@ std::string status_field(const std::string& status, const std::string& field) {
     return value;
 }
 
+// The namespaces a worker must not share with its spawner.
+constexpr const char* kIsolatedNamespaces[] = {"pid", "net", "mnt", "ipc", "uts"};
+
+std::string namespace_of(const std::string& proc, const std::string& kind) {
+    char link[256] = {};
+    if (::readlink((proc + "/ns/" + kind).c_str(), link, sizeof link - 1) <= 0) return {};
+    return link;
+}
+
 struct Observation {
     std::string status;
     std::vector<std::string> fds;
-    std::string pid_ns;
-    std::string net_ns;
+    std::map<std::string, std::string> namespaces;  // kind -> "pid:[4026531836]"
+    bool root_listed = false;
+    std::vector<std::string> root_entries;  // what the worker sees in its /
+    bool root_read_only = false;
 };
+
+// Independently of the spawner's probe: can a process here make a user namespace at all?
+bool can_unshare_user_namespace() {
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) ::_exit(::unshare(CLONE_NEWUSER) == 0 ? 0 : 1);
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
 
 }  // namespace
 
@@ -184,10 +209,21 @@ TEST_CASE("sandbox: a running worker is confined", "[sandbox]") {
             }
             ::closedir(dir);
         }
-        char link[256] = {};
-        if (::readlink((proc + "/ns/pid").c_str(), link, sizeof link - 1) > 0) out.pid_ns = link;
-        std::fill(std::begin(link), std::end(link), '\0');
-        if (::readlink((proc + "/ns/net").c_str(), link, sizeof link - 1) > 0) out.net_ns = link;
+        for (const char* kind : kIsolatedNamespaces)
+            out.namespaces[kind] = namespace_of(proc, kind);
+        out.namespaces["user"] = namespace_of(proc, "user");
+        // Its root as it sees it (we may look: we are root, or own its user namespace).
+        if (DIR* dir = ::opendir((proc + "/root").c_str())) {
+            out.root_listed = true;
+            while (dirent* entry = ::readdir(dir)) {
+                const std::string name = entry->d_name;
+                if (name != "." && name != "..") out.root_entries.push_back(name);
+            }
+            ::closedir(dir);
+        }
+        struct statvfs fs {};
+        out.root_read_only =
+            ::statvfs((proc + "/root").c_str(), &fs) == 0 && (fs.f_flag & ST_RDONLY) != 0;
     };
     const auto in = ipc::create_image_memfd("test-in");
     const auto out = ipc::create_image_memfd("test-out");
@@ -197,19 +233,50 @@ TEST_CASE("sandbox: a running worker is confined", "[sandbox]") {
     CHECK(result.status == ErrorCode::timeout);  // spin never ends: the deadline kills it
     CHECK(status_field(seen.status, "Seccomp") == "2");
     CHECK(status_field(seen.status, "NoNewPrivs") == "1");
-    if (::geteuid() == 0) {
+    const bool root = ::geteuid() == 0;
+    // Not root, the spawner isolates through a user namespace where the host allows one.
+    const auto userns = root ? sandbox::UserNamespaceSupport{} : sandbox::probe_user_namespaces();
+    INFO("root " << root << ", user namespaces usable " << userns.usable << " " << userns.reason);
+    if (root || userns.usable) {
         CHECK(result.isolated);
-        const auto uid = status_field(seen.status, "Uid");
-        CHECK(uid.substr(0, uid.find_first_of(" \t")) != "0");
+        CHECK(result.user_namespace == !root);
+        for (const char* kind : kIsolatedNamespaces) {
+            INFO(kind << " namespace");
+            CHECK(!seen.namespaces[kind].empty());
+            CHECK(seen.namespaces[kind] != namespace_of("/proc/self", kind));
+        }
+        // An empty, read-only root: the host's files are not even there to name.
+        CHECK(seen.root_listed);
+        CHECK(seen.root_entries.empty());
+        CHECK(seen.root_read_only);
         CHECK(status_field(seen.status, "CapEff") == "0000000000000000");
-        char own[256] = {};
-        REQUIRE(::readlink("/proc/self/ns/pid", own, sizeof own - 1) > 0);
-        CHECK(seen.pid_ns != std::string(own));
-        std::fill(std::begin(own), std::end(own), '\0');
-        REQUIRE(::readlink("/proc/self/ns/net", own, sizeof own - 1) > 0);
-        CHECK(seen.net_ns != std::string(own));
+        CHECK(status_field(seen.status, "CapPrm") == "0000000000000000");
+        const auto uid = status_field(seen.status, "Uid");
+        const auto real_uid = uid.substr(0, uid.find_first_of(" \t"));
+        if (root) {
+            CHECK(real_uid != "0");
+        } else {
+            // Its own user namespace, where it keeps our uid and lost every capability.
+            CHECK(seen.namespaces["user"] != namespace_of("/proc/self", "user"));
+            CHECK(real_uid == std::to_string(::getuid()));
+            CHECK(status_field(seen.status, "CapBnd") == "0000000000000000");
+            CHECK(status_field(seen.status, "CapAmb") == "0000000000000000");
+        }
         std::sort(seen.fds.begin(), seen.fds.end());
         CHECK(seen.fds == std::vector<std::string>{"0", "1", "2", "3", "4", "5"});
+    } else {
+        // Today's unprivileged confinement, and a reason that matches the host.
+        CHECK_FALSE(result.isolated);
+        CHECK_FALSE(userns.reason.empty());
+        // Non-dumpable and in the host's user namespace, its ns links are closed
+        // to an unprivileged observer; where one can be read it must be ours.
+        for (const char* kind : kIsolatedNamespaces) {
+            if (!seen.namespaces[kind].empty())
+                CHECK(seen.namespaces[kind] == namespace_of("/proc/self", kind));
+        }
+        // Where a bare user namespace can be made, the probe must blame a later step.
+        if (can_unshare_user_namespace())
+            CHECK(userns.reason.find("inside a new user namespace") != std::string::npos);
     }
     CHECK_FALSE(has_children());
 }
