@@ -1,12 +1,17 @@
 #include "daemon/caller_file.hpp"
 
 #include <fcntl.h>
+#include <linux/magic.h>
+#include <linux/openat2.h>
 #include <sys/fsuid.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -28,8 +33,9 @@ class CallerFsIdentity {
             fail("setgroups");
         (void)::syscall(SYS_setfsgid, caller.gid);
         (void)::syscall(SYS_setfsuid, caller.uid);
-        // setfsuid reports the previous value, so confirm the switch took.
-        if (::syscall(SYS_setfsuid, caller.uid) != static_cast<long>(caller.uid)) {
+        // Both calls report the previous value, so a second call confirms the switch.
+        if (::syscall(SYS_setfsgid, caller.gid) != static_cast<long>(caller.gid) ||
+            ::syscall(SYS_setfsuid, caller.uid) != static_cast<long>(caller.uid)) {
             restore();
             throw Error(ErrorCode::internal, "cannot take the caller's filesystem identity");
         }
@@ -39,10 +45,22 @@ class CallerFsIdentity {
     ~CallerFsIdentity() { restore(); }
 
   private:
+    // A thread that kept a caller's identity would open the next caller's
+    // files as the wrong user: if the way back fails, stop the daemon.
     void restore() noexcept {
-        (void)::syscall(SYS_setfsuid, ::geteuid());
-        (void)::syscall(SYS_setfsgid, ::getegid());
-        (void)::syscall(SYS_setgroups, saved_groups_.size(), saved_groups_.data());
+        const uid_t uid = ::geteuid();
+        const gid_t gid = ::getegid();
+        (void)::syscall(SYS_setfsuid, uid);
+        (void)::syscall(SYS_setfsgid, gid);
+        const bool restored =
+            ::syscall(SYS_setfsuid, uid) == static_cast<long>(uid) &&
+            ::syscall(SYS_setfsgid, gid) == static_cast<long>(gid) &&
+            ::syscall(SYS_setgroups, saved_groups_.size(), saved_groups_.data()) == 0;
+        if (!restored) {
+            (void)std::fputs("picklejaild: cannot restore the daemon's filesystem identity\n",
+                             stderr);
+            std::abort();
+        }
     }
     [[noreturn]] static void fail(const char* what) {
         throw Error(ErrorCode::internal, std::string(what) + ": " + std::strerror(errno));
@@ -50,14 +68,46 @@ class CallerFsIdentity {
     std::vector<gid_t> saved_groups_;
 };
 
+// Kernel-made files are never checkpoints; refusing them also keeps /proc
+// entries that describe the daemon itself out of reach.
+void refuse_pseudo_filesystems(int fd, const std::string& path) {
+    struct statfs fs {};
+    if (::fstatfs(fd, &fs) != 0)
+        throw Error(ErrorCode::io_error, "fstatfs " + path + ": " + std::strerror(errno));
+    if (fs.f_type == PROC_SUPER_MAGIC || fs.f_type == SYSFS_MAGIC)
+        throw Error(ErrorCode::denied, path + " is a /proc or /sys file, not a checkpoint");
+}
+
+// Resolved as the caller would resolve it, never through a magic link
+// (/proc/self/fd/N, /dev/fd/N, /proc/<pid>/root): those would name the
+// daemon's own descriptors, which may belong to other users' requests.
 ipc::UniqueFd open_path(const std::string& path) {
-    ipc::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
-    if (fd) return fd;
-    const int error = errno;
-    if (error == EACCES || error == EPERM) {
-        throw Error(ErrorCode::denied, "you may not read " + path);
+    open_how how{};
+    how.flags = O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
+    how.resolve = RESOLVE_NO_MAGICLINKS;
+    ipc::UniqueFd fd(
+        static_cast<int>(::syscall(SYS_openat2, AT_FDCWD, path.c_str(), &how, sizeof how)));
+    if (fd) {
+        refuse_pseudo_filesystems(fd.get(), path);
+        return fd;
     }
-    throw Error(ErrorCode::io_error, "cannot open " + path + ": " + std::strerror(error));
+    const int error = errno;
+    switch (error) {
+        case EACCES:
+        case EPERM:
+            throw Error(ErrorCode::denied, "you may not read " + path);
+        case ELOOP:
+            throw Error(ErrorCode::denied,
+                        path +
+                            " resolves through a /proc magic link (such as /proc/self/fd/N) or "
+                            "too many symbolic links; pass the file by fd instead");
+        case ENOSYS:
+            throw Error(ErrorCode::denied,
+                        "this kernel has no openat2 (Linux 5.6+), so the daemon cannot open "
+                        "paths safely; pass the file by fd instead");
+        default:
+            throw Error(ErrorCode::io_error, "cannot open " + path + ": " + std::strerror(error));
+    }
 }
 
 }  // namespace

@@ -2,10 +2,12 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 #include <thread>
 
 #include "common/error.hpp"
+#include "loader/limits.hpp"
 
 namespace picklejail::daemon {
 namespace {
@@ -28,6 +30,23 @@ unsigned small_number(const nlohmann::json& value, const std::string& key) {
 std::string text(const nlohmann::json& value, const std::string& key) {
     if (!value.is_string()) bad("\"" + key + "\" must be a string");
     return value.get<std::string>();
+}
+
+std::chrono::milliseconds seconds(const nlohmann::json& value, const std::string& key) {
+    if (!value.is_number() || value.get<double>() < 0 || value.get<double>() > 1e7)
+        bad("\"" + key + "\" must be a number of seconds");
+    return std::chrono::milliseconds(static_cast<std::int64_t>(value.get<double>() * 1000.0));
+}
+
+// The shm prefix starts every object name the daemon creates and sweeps at start.
+std::string shm_prefix(const nlohmann::json& value, const std::string& key) {
+    auto prefix = text(value, key);
+    const bool valid = !prefix.empty() && prefix.size() <= 64 &&
+                       std::all_of(prefix.begin(), prefix.end(), [](char c) {
+                           return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
+                       });
+    if (!valid) bad("\"" + key + "\" must be 1-64 characters of [a-z0-9_]");
+    return prefix;
 }
 
 mode_t octal_mode(const std::string& value) {
@@ -61,6 +80,18 @@ void apply(Config& c, const std::string& key, const nlohmann::json& v) {
         c.max_requests_per_uid = small_number(v, key);
     else if (key == "max_connections")
         c.max_connections = small_number(v, key);
+    else if (key == "max_connections_per_uid")
+        c.max_connections_per_uid = small_number(v, key);
+    else if (key == "max_reply_bytes_per_uid")
+        c.max_reply_bytes_per_uid = number(v, key);
+    else if (key == "line_timeout_s")
+        c.line_timeout = seconds(v, key);
+    else if (key == "write_timeout_s")
+        c.write_timeout = seconds(v, key);
+    else if (key == "blocking_threads")
+        c.blocking_threads = small_number(v, key);
+    else if (key == "shm_prefix")
+        c.shm_prefix = shm_prefix(v, key);
     else if (key == "max_shm_bytes_per_uid")
         c.max_shm_bytes_per_uid = number(v, key);
     else if (key == "max_input_bytes")
@@ -79,6 +110,11 @@ void apply(Config& c, const std::string& key, const nlohmann::json& v) {
         c.cache_bytes = number(v, key);
     else if (key == "loader_limits") {
         if (!v.is_object()) bad("\"loader_limits\" must be an object");
+        try {
+            (void)loader::limits_from_json(v.dump());
+        } catch (const Error& e) {
+            bad(std::string("\"loader_limits\": ") + e.what());
+        }
         c.loader_limits_json = v.dump();
     } else {
         bad("unknown key \"" + key + "\"");
@@ -92,6 +128,11 @@ Config config_from_json(const std::string& json_text, Config base) {
     if (!parsed.is_object()) bad("not a JSON object");
     for (const auto& [key, value] : parsed.items()) apply(base, key, value);
     if (base.deadline.count() <= 0) bad("\"deadline_s\" must be positive");
+    if (base.line_timeout.count() <= 0) bad("\"line_timeout_s\" must be positive");
+    if (base.write_timeout.count() <= 0) bad("\"write_timeout_s\" must be positive");
+    if (base.blocking_threads == 0 || base.blocking_threads > 256)
+        bad("\"blocking_threads\" must be 1-256");
+    if (base.max_connections_per_uid == 0) bad("\"max_connections_per_uid\" must be positive");
     return base;
 }
 

@@ -15,12 +15,18 @@ std::optional<CachedImage> ImageCache::find(const CacheKey& key) {
 }
 
 void ImageCache::insert(const CacheKey& key, CachedImage image) {
-    if (image.size > max_bytes_ || index_.contains(key)) return;
+    if (image.size > max_bytes_ || key.policy_generation != generation_ || index_.contains(key))
+        return;
     drop_stale(key.file);
     evict_to(max_bytes_ - image.size);
     bytes_ += image.size;
     lru_.emplace_front(key, std::move(image));
     index_.emplace(key, lru_.begin());
+}
+
+void ImageCache::start_generation(std::uint64_t generation) {
+    clear();
+    generation_ = generation;
 }
 
 void ImageCache::clear() {

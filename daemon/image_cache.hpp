@@ -45,9 +45,13 @@ class ImageCache {
     // A hit moves the entry to the front. Entries for the same device and
     // inode whose size or times differ (the file changed) are dropped.
     [[nodiscard]] std::optional<CachedImage> find(const CacheKey& key);
-    // Keeps `image` unless it alone is larger than the cache.
+    // Keeps `image` unless it alone is larger than the cache, or its key was
+    // made under an older policy generation (a conversion that started before
+    // a reload would otherwise add an entry no request can ever hit).
     void insert(const CacheKey& key, CachedImage image);
     void clear();
+    // Drops every entry and accepts only keys of `generation` from now on.
+    void start_generation(std::uint64_t generation);
 
     [[nodiscard]] std::uint64_t bytes() const noexcept { return bytes_; }
     [[nodiscard]] std::size_t entries() const noexcept { return lru_.size(); }
@@ -61,6 +65,7 @@ class ImageCache {
 
     std::uint64_t max_bytes_;
     std::uint64_t bytes_ = 0;
+    std::uint64_t generation_ = 0;
     std::list<Entry> lru_;  // front: most recently used
     std::map<CacheKey, std::list<Entry>::iterator> index_;
     std::uint64_t hits_ = 0, misses_ = 0, evictions_ = 0, invalidations_ = 0, coalesced_ = 0;

@@ -37,12 +37,21 @@ class Recipient : public PendingRequest {
 
 namespace {
 
+// Each recipient gets its own fd; one that cannot be duplicated (fd table
+// full) becomes that recipient's error, never an ok reply with no image.
 JobOutcome copy_for_recipient(const JobOutcome& outcome) {
     JobOutcome copy;
     copy.result = outcome.result;
     copy.queued = outcome.queued;
     copy.ran = outcome.ran;
-    if (outcome.image) copy.image.reset(::fcntl(outcome.image.get(), F_DUPFD_CLOEXEC, 0));
+    if (outcome.image) {
+        copy.image.reset(::fcntl(outcome.image.get(), F_DUPFD_CLOEXEC, 0));
+        if (!copy.image) {
+            copy.result.status = ErrorCode::internal;
+            copy.result.message =
+                "cannot duplicate the image for this request (too many open files)";
+        }
+    }
     return copy;
 }
 
@@ -58,7 +67,11 @@ void SharedConversion::leave(const Recipient* recipient) {
 
 void SharedConversion::finish(JobOutcome outcome,
                               const std::function<void(const JobOutcome&)>& on_done) {
-    owner->running_.erase(key);
+    // Only this conversion's entry: a newer one for the same key may be running.
+    if (const auto it = owner->running_.find(key);
+        it != owner->running_.end() && it->second.get() == this) {
+        owner->running_.erase(it);
+    }
     if (on_done) on_done(outcome);
     auto waiting = std::move(recipients);
     for (auto& recipient : waiting) recipient->deliver(copy_for_recipient(outcome));
@@ -81,10 +94,17 @@ std::shared_ptr<PendingRequest> InFlightConversions::start(
     auto recipient = std::make_shared<Recipient>(conversion, std::move(deliver));
     conversion->recipients.push_back(recipient);
     std::weak_ptr<SharedConversion> weak = conversion;
-    conversion->job = submit([weak, on_done = std::move(on_done)](JobOutcome outcome) {
-        if (auto shared = weak.lock()) shared->finish(std::move(outcome), on_done);
-    });
+    // Registered before the job exists, and removed again if it cannot be
+    // submitted, so no later request joins a conversion that never runs.
     running_.emplace(key, conversion);
+    try {
+        conversion->job = submit([weak, on_done = std::move(on_done)](JobOutcome outcome) {
+            if (auto shared = weak.lock()) shared->finish(std::move(outcome), on_done);
+        });
+    } catch (...) {
+        running_.erase(key);
+        throw;
+    }
     return recipient;
 }
 

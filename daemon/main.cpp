@@ -5,6 +5,7 @@
 #include <csignal>
 #include <cstdio>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "common/error.hpp"
@@ -27,8 +28,11 @@ std::string read_file(const std::string& path) {
 // Flags override the config file; each flag names a config key.
 struct Flags {
     std::string config_file;
-    std::string socket, policy_dir, worker, default_policy, socket_mode;
+    std::string socket, policy_dir, worker, default_policy, socket_mode, shm_prefix;
     unsigned max_workers = 0, max_queue = 0, max_requests_per_uid = 0, max_connections = 0;
+    unsigned max_connections_per_uid = 0, blocking_threads = 0;
+    std::uint64_t max_reply_bytes_per_uid = 0;
+    double line_timeout_s = 0, write_timeout_s = 0;
     std::uint64_t max_shm_bytes_per_uid = 0, max_input_bytes = 0, max_output_bytes = 0;
     double deadline_s = 0;
     std::uint64_t worker_memory_bytes = 0, shm_ttl_s = 0, cache_bytes = 0;
@@ -42,10 +46,23 @@ void add_flags(CLI::App& app, Flags& f) {
     app.add_option("--worker", f.worker, "path of picklejail-worker");
     app.add_option("--default-policy", f.default_policy, "policy for requests naming none");
     app.add_option("--max-workers", f.max_workers, "concurrent workers (default: cores)");
-    app.add_option("--max-queue", f.max_queue, "requests waiting for a worker (64)");
+    app.add_option("--max-queue", f.max_queue, "requests waiting for a worker, all uids (1024)");
     app.add_option("--max-requests-per-uid", f.max_requests_per_uid,
-                   "requests in progress per uid (8)");
+                   "requests waiting or running per uid (64)");
     app.add_option("--max-connections", f.max_connections, "open connections (1024)");
+    app.add_option("--max-connections-per-uid", f.max_connections_per_uid,
+                   "open connections per uid (64)");
+    app.add_option("--max-reply-bytes-per-uid", f.max_reply_bytes_per_uid,
+                   "reply bytes queued for a uid and not yet read (256 MiB)");
+    app.add_option("--line-timeout", f.line_timeout_s,
+                   "seconds to finish a request line once begun (10)");
+    app.add_option("--write-timeout", f.write_timeout_s,
+                   "seconds a reply may make no progress before the connection closes (30)");
+    app.add_option("--blocking-threads", f.blocking_threads,
+                   "threads for opens, reaping, checks and shm copies (4)");
+    app.add_option("--shm-prefix", f.shm_prefix,
+                   "prefix of shm object names; leftovers with it are removed at start "
+                   "(picklejail)");
     app.add_option("--max-shm-bytes-per-uid", f.max_shm_bytes_per_uid,
                    "unreleased shm bytes per uid (8 GiB)");
     app.add_option("--max-input-bytes", f.max_input_bytes, "largest checkpoint (64 GiB)");
@@ -71,6 +88,14 @@ Config build_config(const CLI::App& app, const Flags& f) {
     if (given("--max-queue")) overrides["max_queue"] = f.max_queue;
     if (given("--max-requests-per-uid")) overrides["max_requests_per_uid"] = f.max_requests_per_uid;
     if (given("--max-connections")) overrides["max_connections"] = f.max_connections;
+    if (given("--max-connections-per-uid"))
+        overrides["max_connections_per_uid"] = f.max_connections_per_uid;
+    if (given("--max-reply-bytes-per-uid"))
+        overrides["max_reply_bytes_per_uid"] = f.max_reply_bytes_per_uid;
+    if (given("--line-timeout")) overrides["line_timeout_s"] = f.line_timeout_s;
+    if (given("--write-timeout")) overrides["write_timeout_s"] = f.write_timeout_s;
+    if (given("--blocking-threads")) overrides["blocking_threads"] = f.blocking_threads;
+    if (given("--shm-prefix")) overrides["shm_prefix"] = f.shm_prefix;
     if (given("--max-shm-bytes-per-uid"))
         overrides["max_shm_bytes_per_uid"] = f.max_shm_bytes_per_uid;
     if (given("--max-input-bytes")) overrides["max_input_bytes"] = f.max_input_bytes;
@@ -97,7 +122,20 @@ int run(int argc, char** argv) {
             picklejail::daemon::open_listen_socket(config.socket_path, config.socket_mode);
         picklejail::daemon::Server server(io, config, std::move(listen));
         server.start();
-        io.run();
+        // A bug that throws out of one handler must not take the service down
+        // for every user: report it and keep serving.
+        for (;;) {
+            try {
+                io.run();
+                break;
+            } catch (const std::exception& e) {
+                (void)std::fprintf(
+                    stderr, "{\"event\":\"internal_error\",\"message\":%s}\n",
+                    nlohmann::json(e.what())
+                        .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
+                        .c_str());
+            }
+        }
     } catch (const picklejail::Error& e) {
         (void)std::fprintf(stderr, "picklejaild: %s: %s\n",
                            std::string(to_string(e.code())).c_str(), e.what());

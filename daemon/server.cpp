@@ -1,5 +1,7 @@
 #include "daemon/server.hpp"
 
+#include <sys/resource.h>
+
 #include <boost/asio/post.hpp>
 #include <csignal>
 
@@ -10,12 +12,18 @@
 namespace picklejail::daemon {
 namespace {
 
-std::filesystem::path policy_dir(const Config& config) {
-    return config.policy_dir.empty() ? sandbox::default_policy_dir() : config.policy_dir;
-}
+// Accepting again after the fd table filled up: soon enough to serve, slow
+// enough not to spin on EMFILE.
+constexpr std::chrono::milliseconds kAcceptPause{100};
 
-PoolLimits pool_limits(const Config& config) {
-    return {effective_max_workers(config), config.max_queue, config.max_requests_per_uid};
+// As many descriptors as the hard limit allows: each connection, worker and
+// cached image holds some, and running out is what floods aim at.
+void raise_fd_limit() {
+    rlimit limit{};
+    if (::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+        limit.rlim_cur = limit.rlim_max;
+        (void)::setrlimit(RLIMIT_NOFILE, &limit);
+    }
 }
 
 }  // namespace
@@ -23,20 +31,13 @@ PoolLimits pool_limits(const Config& config) {
 Server::Server(boost::asio::io_context& io, const Config& config, ListenSocket listen)
     : io_(io),
       listen_(std::move(listen)),
-      services_{config,
-                PolicyStore(policy_dir(config)),
-                WorkerPool(io, pool_limits(config)),
-                ShmRegistry(io, config.shm_ttl, config.max_shm_bytes_per_uid),
-                Stats{},
-                AuditLog(stderr),
-                config.cache_bytes > 0 ? std::make_unique<ImageCache>(config.cache_bytes) : nullptr,
-                InFlightConversions{},
-                false,
-                sandbox::create_empty_network_namespace(),
-                sandbox::worker_identity()},
+      services_(io, config),
       acceptor_(io, boost::asio::local::stream_protocol(), listen_.fd.release()),
       signals_(io, SIGTERM, SIGINT, SIGHUP),
-      drain_poll_(io) {}
+      drain_poll_(io),
+      accept_pause_(io) {
+    raise_fd_limit();
+}
 
 Server::~Server() {
     services_.shm.clear();
@@ -48,6 +49,7 @@ Server::~Server() {
 
 void Server::start() {
     acceptor_.non_blocking(true);
+    const std::size_t swept = services_.shm.sweep_leftovers();
     watch_signals();
     accept_next();
     const auto& c = services_.config;
@@ -57,7 +59,9 @@ void Server::start() {
          {"policy_dir", services_.policies.dir().string()},
          {"policies", services_.policies.names()},
          {"worker", (c.worker.empty() ? sandbox::default_worker_path() : c.worker).string()},
-         {"max_workers", services_.pool.limits().max_workers}});
+         {"max_workers", services_.pool.limits().max_workers},
+         {"shm_leftovers_removed", swept},
+         {"confinement", services_.confinement}});
     notify_systemd("READY=1\nSTATUS=accepting requests");
 }
 
@@ -65,30 +69,57 @@ void Server::accept_next() {
     acceptor_.async_accept([this](const boost::system::error_code& ec,
                                   boost::asio::local::stream_protocol::socket socket) {
         if (ec == boost::asio::error::operation_aborted || services_.draining) return;
-        if (!ec) {
-            ++services_.stats.connections_total;
-            if (sessions_.size() >= services_.config.max_connections) {
-                // Say why before hanging up, so a client sees busy, not a reset.
-                ++services_.stats.connections_refused;
-                const auto line = ipc::to_line(
-                    ipc::error_reply(ErrorCode::busy, "too many open connections; retry later"));
-                boost::system::error_code ignored;
-                socket.non_blocking(true, ignored);
-                (void)socket.write_some(boost::asio::buffer(line), ignored);
-            } else {
-                auto session = std::make_shared<Session>(services_, std::move(socket),
-                                                         [this](Session* s) { forget(s); });
-                sessions_.emplace(session.get(), session);
-                services_.stats.connections_open = sessions_.size();
-                try {
-                    session->start();
-                } catch (const Error&) {
-                    forget(session.get());
-                }
-            }
+        if (ec == boost::asio::error::no_descriptors || ec.value() == ENFILE ||
+            ec.value() == ENOBUFS || ec.value() == ENOMEM) {
+            ++services_.stats.accept_pauses;
+            return accept_after_pause();
         }
+        if (!ec) on_accepted(std::move(socket));
         accept_next();
     });
+}
+
+void Server::accept_after_pause() {
+    accept_pause_.expires_after(kAcceptPause);
+    accept_pause_.async_wait([this](const boost::system::error_code& ec) {
+        if (!ec && !services_.draining) accept_next();
+    });
+}
+
+void Server::on_accepted(boost::asio::local::stream_protocol::socket socket) {
+    ++services_.stats.connections_total;
+    if (sessions_.size() >= services_.config.max_connections)
+        return refuse(socket, "too many open connections; retry later");
+    ipc::PeerCredentials peer;
+    try {
+        peer = ipc::peer_credentials(socket.native_handle());
+    } catch (const Error&) {
+        return;  // gone already
+    }
+    auto slot = services_.accounts.open_connection(peer.uid);
+    if (!slot) {
+        return refuse(socket, "uid " + std::to_string(peer.uid) + " already has " +
+                                  std::to_string(services_.config.max_connections_per_uid) +
+                                  " connections open (the limit); close some");
+    }
+    auto session = std::make_shared<Session>(services_, std::move(socket), std::move(peer),
+                                             std::move(*slot), [this](Session* s) { forget(s); });
+    sessions_.emplace(session.get(), session);
+    services_.stats.connections_open = sessions_.size();
+    try {
+        session->start();
+    } catch (const Error&) {
+        session->abort();
+    }
+}
+
+// Say why before hanging up, so a client sees busy, not a reset.
+void Server::refuse(boost::asio::local::stream_protocol::socket& socket, const std::string& why) {
+    ++services_.stats.connections_refused;
+    const auto line = ipc::to_line(ipc::error_reply(ErrorCode::busy, why));
+    boost::system::error_code ignored;
+    socket.non_blocking(true, ignored);
+    (void)socket.write_some(boost::asio::buffer(line), ignored);
 }
 
 void Server::forget(Session* session) {
@@ -121,7 +152,7 @@ void Server::reload_policies() {
     notify_systemd("RELOADING=1");
     try {
         services_.policies.reload();
-        if (services_.cache) services_.cache->clear();  // keys carry the old generation anyway
+        if (services_.cache) services_.cache->start_generation(services_.policies.generation());
         services_.audit.event("reload", {{"policies", services_.policies.names()}});
     } catch (const Error& e) {
         services_.audit.event("reload_failed", {{"message", e.what()}});

@@ -27,6 +27,9 @@ class Server {
 
   private:
     void accept_next();
+    void on_accepted(boost::asio::local::stream_protocol::socket socket);
+    void refuse(boost::asio::local::stream_protocol::socket& socket, const std::string& why);
+    void accept_after_pause();
     void watch_signals();
     void reload_policies();
     void begin_drain();
@@ -39,6 +42,7 @@ class Server {
     boost::asio::local::stream_protocol::acceptor acceptor_;
     boost::asio::signal_set signals_;
     boost::asio::steady_timer drain_poll_;
+    boost::asio::steady_timer accept_pause_;
     std::map<Session*, std::shared_ptr<Session>> sessions_;
 };
 

@@ -10,6 +10,7 @@ nlohmann::json Stats::to_json() const {
             {"connections", connections_open},
             {"connections_total", connections_total},
             {"connections_refused", connections_refused},
+            {"accept_pauses", accept_pauses},
             {"requests", requests},
             {"by_op", by_op},
             {"by_code", by_code},

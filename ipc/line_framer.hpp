@@ -36,8 +36,14 @@ class LineFramer {
     // pending line grew past max_line without a '\n'.
     [[nodiscard]] std::optional<FramedLine> next_line();
 
-    // Takes `count` raw bytes that follow a line (the inline transport).
     [[nodiscard]] std::size_t buffered() const noexcept { return buffer_.size(); }
+    // True when a whole line is waiting to be taken.
+    [[nodiscard]] bool has_complete_line() const noexcept {
+        return buffer_.find('\n') != std::string::npos;
+    }
+    // Descriptors held for lines that have not been taken yet.
+    [[nodiscard]] std::size_t pending_fds() const noexcept { return fds_.size(); }
+    // Takes `count` raw bytes that follow a line (the inline transport).
     [[nodiscard]] std::string take_raw(std::size_t count);
 
   private:

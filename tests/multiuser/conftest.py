@@ -85,5 +85,6 @@ def shared_daemon(world, ckpts):
     d.wait_idle()
     d.start_fds = d.settled_fd_count()
     d.start_rss = d.rss()
+    d.start_cache_entries = d.stats()["cache"]["entries"]
     yield d
     d.stop()

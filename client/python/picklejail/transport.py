@@ -12,12 +12,14 @@ the name the protocol defines (never a path the daemon picks) and copied, and
 the image itself is checked by image.parse_image before use.
 """
 
+import errno
 import json
 import os
 import re
 import socket
 import stat
 import warnings
+from contextlib import contextmanager
 
 from .errors import (Denied, InvalidRequest, PicklejailError, ProtocolError, Timeout,
                      error_for, failing_as)
@@ -225,13 +227,33 @@ class DaemonConnection:
     def release(self, shm_name):
         return self._ok({"op": "release", "shm_name": shm_name})
 
+    @contextmanager
+    def _input_fd(self, source):
+        """The checkpoint as an fd this process opened (or was given).
+
+        A path is opened here, with our own credentials, and passed by fd: the
+        daemon then never resolves a path for us, and the cache keys on the
+        file we opened.
+        """
+        if source.path is None:
+            yield source.fd
+            return
+        try:
+            fd = os.open(source.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError as error:
+            code = "denied" if error.errno in (errno.EACCES, errno.EPERM) else "io_error"
+            raise error_for(code, f"cannot open {source.path}: {error.strerror}",
+                            mode=self.mode) from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise error_for("io_error", f"{source.path} is not a regular file", mode=self.mode)
+            yield fd
+        finally:
+            os.close(fd)
+
     @staticmethod
-    def _job(op, source, policy, select):
-        fields = {"op": op}
-        if source.path is not None:
-            fields["path"] = source.path
-        else:
-            fields["fd"] = True
+    def _job(op, policy, select):
+        fields = {"op": op, "fd": True}
         if policy is not None:
             fields["policy"] = policy
         if select is not None:
@@ -240,16 +262,18 @@ class DaemonConnection:
 
     def inspect(self, source, *, policy=None, select=None):
         """The inspect report (the reply without "ok" and "id")."""
-        reply = self._ok(self._job("inspect", source, policy, select), fd=source.fd)
+        with self._input_fd(source) as fd:
+            reply = self._ok(self._job("inspect", policy, select), fd=fd)
         return {k: v for k, v in reply.items() if k not in ("ok", "id")}
 
     def load(self, source, *, policy=None, select=None, transport="memfd"):
         """Returns (private mapping of the image, reply); the image is not parsed yet."""
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
-        fields = self._job("load", source, policy, select)
+        fields = self._job("load", policy, select)
         fields["transport"] = transport
-        reply, fds = self.request(fields, fd=source.fd)
+        with self._input_fd(source) as fd:
+            reply, fds = self.request(fields, fd=fd)
         try:
             with failing_as(self.mode):
                 size = reply.get("size")
