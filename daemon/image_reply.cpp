@@ -21,7 +21,13 @@ void inspect_reply(Services& s, uid_t uid, const ipc::Request& request, const st
     std::function<std::string()> work = [fd, size = image.size, policy, id = request.id] {
         const auto mapping = ipc::map_read_only(fd->get(), size, "image");
         const auto summary = ipc::image_summary(ipc::check_safetensors(mapping.bytes()), policy);
-        return ipc::to_line(ipc::ok_reply(nlohmann::json::parse(summary.dump()), id));
+        auto line = ipc::to_line(ipc::ok_reply(nlohmann::json::parse(summary.dump()), id));
+        if (line.size() > ipc::kMaxReplyLineBytes)
+            throw Error(ErrorCode::too_large,
+                        "the inspect listing is " + std::to_string(line.size()) +
+                            " bytes, over the protocol's reply line limit; use load and read "
+                            "the header instead");
+        return line;
     };
     s.compute.run<std::string>(uid, std::move(work),
                                [done, id = request.id](std::variant<std::string, Error> result) {

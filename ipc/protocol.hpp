@@ -14,7 +14,10 @@
 namespace picklejail::ipc {
 
 inline constexpr int kProtocolVersion = 1;
-inline constexpr std::size_t kMaxLineBytes = 65536;  // including the '\n'
+inline constexpr std::size_t kMaxLineBytes = 65536;  // request lines, including the '\n'
+// Reply lines: an inspect listing of a large header runs to tens of MB; the
+// daemon answers too_large rather than send more, so clients can bound buffers.
+inline constexpr std::size_t kMaxReplyLineBytes = std::size_t{256} << 20;
 
 enum class Op { ping, load, inspect, release, stats };
 enum class Transport { memfd, shm, inline_bytes };

@@ -13,6 +13,8 @@
 #include <string_view>
 #include <vector>
 
+#include "common/tensor_names.hpp"
+
 namespace picklejail::ipc {
 
 // Caps beyond the format's own rules; exceeding one throws ErrorCode::too_large.
@@ -20,7 +22,7 @@ struct CheckLimits {
     std::uint64_t max_header_bytes = 100'000'000;  // reference MAX_HEADER_SIZE
     std::uint64_t max_tensors = 10'000'000;
     std::size_t max_rank = 64;
-    std::size_t max_name_bytes = std::size_t{64} * 1024;
+    std::size_t max_name_bytes = kMaxTensorNameBytes;
     std::size_t max_json_depth = 8;  // header JSON nesting
 };
 

@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "common/error.hpp"
+#include "common/tensor_names.hpp"
 #include "loader/checked_math.hpp"
 #include "loader/json_text.hpp"
 
@@ -123,6 +124,12 @@ SafetensorsLayout SafetensorsLayout::plan(std::vector<TensorSource> tensors,
     layout.tensors_.reserve(tensors.size());
     for (const std::size_t index : order) {
         TensorSource& source = tensors[index];
+        if (source.name.size() > kMaxTensorNameBytes) {
+            throw Error(ErrorCode::too_large,
+                        "a tensor name is " + std::to_string(source.name.size()) +
+                            " bytes long; at most " + std::to_string(kMaxTensorNameBytes) +
+                            " are allowed");
+        }
         LaidOutTensor out;
         out.safetensors_dtype = std::string(info(source.dtype).safetensors_name);
         out.written_shape = source.shape;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/error.hpp"
+#include "common/tensor_names.hpp"
 #include "ipc/safetensors_check.hpp"
 #include "loader/safetensors_writer.hpp"
 
@@ -339,4 +340,14 @@ TEST_CASE("safetensors_writer: swap_bytes per element and big-endian sources") {
     const auto zl = SafetensorsLayout::plan({z}, {}, Limits{}, 8);
     const Bytes zi = image_of(zl);
     CHECK(Bytes(zi.begin() + static_cast<long>(zl.data_offset()), zi.end()) == f32s({1, 2}));
+}
+
+// A name the checker would refuse is the loader's too_large, not a broken
+// image the spawner reports as worker_crashed.
+TEST_CASE("safetensors_writer: a tensor name longer than any reader accepts is too_large") {
+    const Bytes data = f32s({1});
+    const std::string longest(picklejail::kMaxTensorNameBytes, 'n');
+    CHECK(code_of_plan({source(longest, DType::float32, {1}, data)}, Limits{}) == "ok");
+    CHECK(code_of_plan({source(longest + "n", DType::float32, {1}, data)}, Limits{}) ==
+          "too_large");
 }

@@ -120,7 +120,7 @@ LoadedImage map_image(ipc::UniqueFd fd, nlohmann::json reply) {
 struct Client::Connection {
     ipc::UniqueFd socket;
     std::chrono::milliseconds timeout;
-    ipc::LineFramer framer{ipc::kMaxLineBytes * 64, ipc::kMaxLineBytes * 64};
+    ipc::LineFramer framer{ipc::kMaxReplyLineBytes, ipc::kMaxReplyLineBytes};
 
     void wait_readable() const {
         pollfd pfd{socket.get(), POLLIN, 0};
