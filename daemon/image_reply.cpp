@@ -1,5 +1,7 @@
 #include "daemon/image_reply.hpp"
 
+#include <malloc.h>
+
 #include "ipc/image_summary.hpp"
 #include "ipc/safetensors_check.hpp"
 
@@ -13,15 +15,33 @@ nlohmann::json load_fields(const ipc::Request& request, const std::string& polic
             {"cached", image.cached}, {"transport", ipc::to_string(request.transport)}};
 }
 
+// {"ok":true[,"id":…],<the summary's fields>}\n, written straight from the
+// summary: a listing of 20,000 tensors is megabytes, and building it as a
+// second JSON tree first would double the memory it takes.
+std::string summary_line(const nlohmann::ordered_json& summary, const nlohmann::json& id) {
+    const auto text = summary.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    std::string line = "{\"ok\":true";
+    if (!id.is_null())
+        line += ",\"id\":" + id.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    if (text.size() > 2) line += "," + text.substr(1, text.size() - 2);
+    line += "}\n";
+    return line;
+}
+
 // Checking a header of up to 64 MiB and writing its summary takes long
 // enough to matter, so it runs off the loop and returns the finished line.
 void inspect_reply(Services& s, uid_t uid, const ipc::Request& request, const std::string& policy,
                    FinishedImage image, const std::function<void(Reply)>& done) {
     auto fd = std::make_shared<ipc::UniqueFd>(std::move(image.fd));
     std::function<std::string()> work = [fd, size = image.size, policy, id = request.id] {
-        const auto mapping = ipc::map_read_only(fd->get(), size, "image");
-        const auto summary = ipc::image_summary(ipc::check_safetensors(mapping.bytes()), policy);
-        auto line = ipc::to_line(ipc::ok_reply(nlohmann::json::parse(summary.dump()), id));
+        std::string line;
+        {
+            const auto mapping = ipc::map_read_only(fd->get(), size, "image");
+            line = summary_line(ipc::image_summary(ipc::check_safetensors(mapping.bytes()), policy),
+                                id);
+        }
+        // The summary's temporaries sat in this thread's arena: give them back.
+        if (line.size() >= MemoryTrim::kWorthTrimming) (void)::malloc_trim(0);
         if (line.size() > ipc::kMaxReplyLineBytes)
             throw Error(ErrorCode::too_large,
                         "the inspect listing is " + std::to_string(line.size()) +

@@ -32,6 +32,7 @@ Services::Services(boost::asio::io_context& io, const Config& c)
       caller_files(io, caller_file_limits(c)),
       compute(io, compute_limits(c)),
       pool(io, compute, {effective_max_workers(c), c.max_queue, c.max_requests_per_uid}),
+      memory_trim(compute),
       shm(io, c.shm_ttl, c.max_shm_bytes_per_uid, c.shm_prefix),
       accounts({c.max_connections_per_uid, c.max_reply_bytes_per_uid}),
       audit(stderr),

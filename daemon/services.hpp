@@ -11,6 +11,7 @@
 #include "daemon/config.hpp"
 #include "daemon/image_cache.hpp"
 #include "daemon/in_flight.hpp"
+#include "daemon/memory_trim.hpp"
 #include "daemon/policy_store.hpp"
 #include "daemon/shm_registry.hpp"
 #include "daemon/stats.hpp"
@@ -30,6 +31,7 @@ struct Services {
     BlockingPool caller_files;
     BlockingPool compute;
     WorkerPool pool;
+    MemoryTrim memory_trim;
     ShmRegistry shm;
     UidAccounts accounts;
     Stats stats;

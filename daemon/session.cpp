@@ -195,6 +195,7 @@ void Session::reply_finished(const std::shared_ptr<RequestAudit>& audit, const R
             services_.stats.count_outcome("cancelled");
         }
     }
+    services_.memory_trim.after_release(reply.line.size());
     if (!delivered || reply.close_after) return close();
     in_request_ = false;
     // Posted, so a burst of pipelined requests does not recurse.

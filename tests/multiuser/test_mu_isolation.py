@@ -5,6 +5,7 @@ so they named the daemon's own descriptors, among them the files and memfds of
 other users' requests waiting in the queue.
 """
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -205,10 +206,15 @@ def act_symlink_race(state, socket_path, link, own, other, rounds):
         while not stop.is_set():
             for target in (own, other):
                 try:
+                    # A leftover tmp (a replace that failed) must not freeze the
+                    # link on one target for the rest of the race.
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp)
                     os.symlink(target, tmp)
                     os.replace(tmp, link)
                 except OSError:
                     pass
+                time.sleep(0.001)  # let the requesting thread run between flips
     os.symlink(own, link)
     flipper = threading.Thread(target=flip, daemon=True)
     flipper.start()
