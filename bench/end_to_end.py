@@ -176,6 +176,69 @@ def concurrent(path, sock, processes):
     return wall, max(durations)
 
 
+# ---------------------------------------------------------------- fairness
+
+LOADER_UID, OTHER_UID = 40001, 40002  # two users of the daemon (as root; else our own uid)
+
+
+def _become(uid):
+    if os.getuid() == 0:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+
+
+def _keep_loading(path, sock, stop):
+    """One of the busy user's processes: loads the large file until told to stop."""
+    with open(path, "rb") as f:  # opened before the uid drop, passed by fd
+        _become(LOADER_UID)
+        while not stop.is_set():
+            picklejail.load(f, socket=sock, backend="numpy")
+
+
+def _small_latencies(path, sock, count, results):
+    with open(path, "rb") as f:
+        _become(OTHER_UID)
+        lat = []
+        for _ in range(count):
+            start = time.perf_counter()
+            picklejail.load(f, socket=sock, backend="numpy")
+            lat.append(time.perf_counter() - start)
+            time.sleep(0.05)
+    results.put(lat)
+
+
+def small_load_latencies(small, sock, count):
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    proc = ctx.Process(target=_small_latencies, args=(small, sock, count, results))
+    proc.start()
+    lat = results.get(timeout=600)
+    proc.join()
+    return sorted(lat)
+
+
+def fairness(large, small, sock, count=30):
+    """A second user's small-load latency, on an idle daemon and while another
+    user keeps 8 large loads in flight (issue 14's fairness target: about one
+    large job at most)."""
+    idle = small_load_latencies(small, sock, count)
+    ctx = multiprocessing.get_context("fork")
+    stop = ctx.Event()
+    loaders = [ctx.Process(target=_keep_loading, args=(large, sock, stop)) for _ in range(8)]
+    for proc in loaders:
+        proc.start()
+    time.sleep(2)  # every loader has a request in flight
+    busy = small_load_latencies(small, sock, count)
+    stop.set()
+    for proc in loaders:
+        proc.join(timeout=120)
+    one_large = fresh_timed("picklejail", large, sock, 1)
+    pct = lambda lat, q: lat[min(len(lat) - 1, int(len(lat) * q))]  # noqa: E731
+    return {"idle_p50": pct(idle, 0.5), "idle_p99": pct(idle, 0.99), "busy_p50": pct(busy, 0.5),
+            "busy_p99": pct(busy, 0.99), "one_large": one_large}
+
+
 # ---------------------------------------------------------------- the table
 
 def main():
@@ -243,6 +306,18 @@ def main():
     numbers["tiny_p50_ms"], numbers["tiny_p99_ms"] = p50 * 1000, p99 * 1000
     rows.append(("tiny checkpoint round trip p50 / p99", "", f"{p50 * 1000:.1f} / {p99 * 1000:.1f} ms",
                  "", "p50 ≤ 3 ms", "met" if p50 * 1000 <= 3 else "NOT met"))
+
+    fair = fairness(files["gpt2"], files["tiny"], args.socket)
+    numbers["fairness"] = fair
+    ms = lambda v: f"{v * 1000:.0f}"  # noqa: E731
+    rows.append(("another user's tiny load p50 / p99, idle daemon", "",
+                 f"{fair['idle_p50'] * 1000:.1f} / {fair['idle_p99'] * 1000:.1f} ms", "", "", ""))
+    rows.append(("… while one user keeps 8 × 500 MB loads in flight",
+                 f"one 500 MB load {ms(fair['one_large'])} ms",
+                 f"{ms(fair['busy_p50'])} / {ms(fair['busy_p99'])} ms",
+                 f"{fair['busy_p99'] / fair['one_large']:.2f}× one load (p99)",
+                 "≤ ~1 large job", "met" if fair["busy_p99"] <= 1.5 * fair["one_large"] else
+                 "NOT met"))
 
     # 8 processes load the 500 MB file at once through a caching daemon of its
     # own. Each file is a fresh copy (a new inode the cache has not seen),
