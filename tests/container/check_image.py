@@ -22,7 +22,7 @@ from pj_client import Connection, load_file  # noqa: E402
 
 # The manifest's capabilities (linux/capability.h numbers).
 MANIFEST_CAPS = {"CAP_CHOWN": 0, "CAP_KILL": 5, "CAP_SETGID": 6, "CAP_SETUID": 7,
-                 "CAP_SETPCAP": 8, "CAP_SYS_ADMIN": 21}
+                 "CAP_SYS_ADMIN": 21}
 
 CHECKS = []
 
@@ -101,8 +101,10 @@ def worker_inside_is_confined(ctx):
         expect(status["Uid"].split() == [str(worker_uid)] * 4, f"worker Uid {status['Uid']}")
         expect(status["NoNewPrivs"] == "1" and status["Seccomp"] == "2",
                f"worker NoNewPrivs {status['NoNewPrivs']} Seccomp {status['Seccomp']}")
-        for k in ("CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        for k in ("CapPrm", "CapEff", "CapInh", "CapAmb"):
             expect(int(status[k], 16) == 0, f"worker {k} {status[k]}")
+        bounding = int(proc_status(daemon)["CapBnd"], 16)
+        expect(int(status["CapBnd"], 16) & ~bounding == 0, f"worker CapBnd {status['CapBnd']}")
         shared = [ns for ns in ("pid", "mnt", "net", "ipc", "uts")
                   if os.readlink(f"/proc/{pid}/ns/{ns}") == os.readlink(f"/proc/{daemon}/ns/{ns}")]
         expect(not shared, f"worker shares the daemon's {shared} namespaces")
@@ -111,6 +113,56 @@ def worker_inside_is_confined(ctx):
         expect(reply.get("ok"), f"the slow load answered {reply}")
     return (f"worker {pid}: uid {worker_uid} (picklejail), NoNewPrivs 1, Seccomp 2, no "
             f"capabilities, own pid/mnt/net/ipc/uts namespaces with only lo")
+
+
+# A client of another uid, self-contained (it reads no file of this tree):
+# loads the inherited fd with the shm transport, reports the object's owner
+# and mode, and releases it.
+SHM_CLIENT = """
+import json, os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+line = json.dumps({"op": "load", "fd": True, "transport": "shm"}).encode() + b"\\n"
+socket.send_fds(s, [line], [int(sys.argv[2])])
+reply = json.loads(s.makefile("rb").readline())
+if reply.get("ok"):
+    st = os.stat(reply["shm_path"])
+    reply["owner"], reply["mode"] = st.st_uid, oct(st.st_mode & 0o7777)
+    s.sendall(json.dumps({"op": "release", "shm_name": reply["shm_name"]}).encode() + b"\\n")
+print(json.dumps(reply))
+"""
+
+
+@check
+def shm_object_handed_to_the_callers_uid(ctx):
+    """CAP_CHOWN: the daemon gives each shm object to the uid that asked."""
+    uid = 65534
+    with open(ctx["fixture"], "rb") as f:
+        result = subprocess.run([sys.executable, "-c", SHM_CLIENT, pj_client.SOCKET,
+                                 str(f.fileno())], pass_fds=[f.fileno()], user=uid, group=uid,
+                                extra_groups=[], capture_output=True, text=True, timeout=60)
+    expect(result.returncode == 0, f"the uid {uid} client: {result.stderr.strip()[-400:]}")
+    reply = json.loads(result.stdout)
+    expect(reply.get("ok"), f"uid {uid} shm load answered {reply}")
+    expect(reply["owner"] == uid and reply["mode"] == "0o600",
+           f"{reply['shm_path']} owned by {reply['owner']} mode {reply['mode']}")
+    return f"{reply['shm_path']} owned by uid {uid}, mode 0600"
+
+
+@check
+def cancel_kills_the_worker(ctx):
+    """CAP_KILL: the daemon (root) kills a worker (another uid) whose client left."""
+    daemon = ctx["daemon"]
+    with open(ctx["slow"], "rb") as f:
+        held = Connection(timeout=120)
+        held.send({"op": "load", "fd": True}, fd=f.fileno())
+        pid = confined_worker(daemon)
+        held.close()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and proc_status(pid).get("State", "")[:1] != "Z":
+        expect(time.monotonic() < deadline, f"worker {pid} still runs after its client left")
+        time.sleep(0.02)
+    return f"worker {pid} killed within {10 - (deadline - time.monotonic()):.2f} s of the cancel"
 
 
 def main():
