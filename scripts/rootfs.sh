@@ -53,16 +53,17 @@ ensure_rootfs() {
     } | sha256sum | cut -c1-16)
     dir="$BUILD_DIR/rootfs"
     tarball="$dir/$name-$key.tar"
-    if [ ! -s "$tarball" ]; then
+    if [ ! -f "$tarball" ]; then
         mkdir -p "$dir"
-        rm -f "$dir/$name"-*.tar "$dir/$name"-*.tar.partial
+        rm -rf "$dir/$name"-*.tar "$dir/$name"-*.tar.partial
         echo "rootfs: building $tarball with mmdebstrap ($suite, $# packages)" >&2
         local include
         include=$(
             IFS=,
             echo "$*"
         )
-        mmdebstrap --quiet --variant=minbase --include="$include" "$suite" \
+        # --format: the name's extension would otherwise pick a directory.
+        mmdebstrap --quiet --variant=minbase --format=tar --include="$include" "$suite" \
             "$tarball.partial" "$sources" >&2
         mv "$tarball.partial" "$tarball"
     else

@@ -230,7 +230,8 @@ def daemon_hardening(ctx):
     expect(nofile == ceiling, f"open files limit {nofile}, expected {ceiling}")
     found = [f"NoNewPrivs 1, Seccomp 2 ({status.get('Seccomp_filters', '?')} filters)",
              f"CapBnd {cap['CapBnd']:#x} = {'+'.join(sorted(BOUNDING_CAPS))}, CapEff "
-             f"{cap['CapEff']:#x}, no ambient", f"umask 0077, {nofile} fds (LimitNOFILE={NOFILE}, PID 1's hard limit "
+             f"{cap['CapEff']:#x}, no ambient",
+             f"umask 0077, {nofile} fds (LimitNOFILE={NOFILE}, PID 1's hard limit "
              f"{open_files_limit(1)})"]
     found.append(filesystem_view(pid))
     found.append(network_view(pid))
