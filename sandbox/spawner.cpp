@@ -213,6 +213,7 @@ JobResult classify(const ChildProcess::Status& status, bool timed_out,
                    const std::string& record_bytes) {
     JobResult result;
     result.peak_rss_kib = static_cast<std::uint64_t>(status.usage.ru_maxrss);
+    result.minor_faults = static_cast<std::uint64_t>(status.usage.ru_minflt);
     const auto record =
         ipc::decode_result(std::as_bytes(std::span(record_bytes.data(), record_bytes.size())));
     if (timed_out) {
