@@ -59,7 +59,10 @@ def check_plan(plan, planned):
     assert [p.entry.name for p in plan.placed] == [e.name for e in planned]
     covered = []
     for span in plan.spans:
-        assert span.dst % cuda_plan.SPAN_ALIGNMENT == 0
+        assert span.dst % cuda_plan.MIN_ALIGNMENT == 0
+        first = next(p.entry for p in plan.placed if p.dst == span.dst and p.entry.end > p.entry.begin)
+        if first.end - first.begin >= cuda_plan.SMALL_TENSOR_BYTES:
+            assert span.dst % cuda_plan.SPAN_ALIGNMENT == 0
         assert span.dst + span.length <= plan.allocation_bytes
         covered.append((span.src, span.src + span.length))
     for a, b in zip(plan.spans, plan.spans[1:]):  # disjoint, in order, on both sides
@@ -96,7 +99,18 @@ def test_interleaved_devices_pack_their_tensors_aligned():
         plan = cuda_plan.plan_device(device, group)
         check_plan(plan, group)
         assert len(plan.spans) == len(group)  # no two neighbours in the image go to one device
-        assert plan.allocation_bytes < group[-1].end  # packed, not laid out as in the image
+        # Packed, not laid out as in the image: at most the alignment of each span is padding.
+        assert plan.allocation_bytes <= plan.copy_bytes + (cuda_plan.MIN_ALIGNMENT - 1) * len(plan.spans)
+        assert plan.allocation_bytes < group[-1].end
+
+
+def test_large_tensors_start_at_the_full_alignment():
+    small, gap, big, tiny = entries(("small", "U8", 3), ("gap", "U8", 5), ("big", "F32", 4096),
+                                    ("tiny", "U8", 1))
+    plan = cuda_plan.plan_device("cuda:0", [small, big, tiny])  # gap stays on the CPU
+    check_plan(plan, [small, big, tiny])
+    assert [p.dst for p in plan.placed] == [0, 256, 256 + 4 * 4096]  # tiny joins big's span
+    assert len(plan.spans) == 2
 
 
 def test_misaligned_complex128_starts_a_span_of_its_own():
@@ -285,7 +299,7 @@ def test_only_the_mapped_location_moves(tmp_path, local_only, host_loader):
 @needs_torch
 def test_kept_registration_is_reused_for_the_same_memfd(tmp_path, host_loader):
     """Two loads of one sealed memfd (what a caching daemon hands out) register it once."""
-    loader = host_loader(keep_registered_bytes=1 << 30)
+    loader = host_loader(keep_registered_bytes=1 << 30, pageable_below_bytes=0)
     from picklejail.image import parse_image
     from test_client import save
     path = save({f"w{i}": torch.randn(100, 100) for i in range(20)}, tmp_path / "w.pt")
@@ -320,7 +334,7 @@ def test_kept_registrations_stay_within_their_budget(tmp_path, host_loader):
     from test_client import save
     path = save({"w": torch.randn(300, 300)}, tmp_path / "w.pt")
     image_bytes = convert_to_bytes(path, tmp_path)
-    loader = host_loader(keep_registered_bytes=len(image_bytes) + 100)
+    loader = host_loader(keep_registered_bytes=len(image_bytes) + 100, pageable_below_bytes=0)
     fds = [memfd_holding(image_bytes) for _ in range(3)]
     try:
         for fd in fds:

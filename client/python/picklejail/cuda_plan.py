@@ -9,8 +9,10 @@ allocation and which byte ranges ("spans") of the image's data section are
 copied where. Consecutive tensors that are consecutive in the image stay
 consecutive on the device, so a state dict that goes to one device whole is
 a single span: one copy of the whole data section. A span starts at a
-multiple of SPAN_ALIGNMENT in the allocation, and within a span every tensor
-keeps the offset it had in the image; a tensor whose dtype would then sit
+multiple of SPAN_ALIGNMENT in the allocation (of MIN_ALIGNMENT when its first
+tensor is small: 20,000 tiny tensors split between devices would otherwise
+spend more on padding than on bytes), and within a span every tensor keeps
+the offset it had in the image; a tensor whose dtype would then sit
 misaligned (complex128 after an odd number of float64 values) starts a span
 of its own. So every tensor begins at a multiple of its element size, as
 `view(dtype)` requires.
@@ -25,6 +27,10 @@ from dataclasses import dataclass
 # read 16-byte words; 256 keeps any view's alignment as good as a fresh
 # tensor's for every dtype picklejail writes.
 SPAN_ALIGNMENT = 256
+# The largest element (complex128) and a 16-byte vector load; for spans whose
+# first tensor is under SMALL_TENSOR_BYTES.
+MIN_ALIGNMENT = 16
+SMALL_TENSOR_BYTES = 4096
 
 
 def align_up(value, alignment):
@@ -73,7 +79,8 @@ def plan_device(device, entries, alignment=SPAN_ALIGNMENT):
         if not joins:
             if span_src is not None:
                 spans.append(Span(span_src, span_dst, span_end - span_src))
-            span_src, span_dst = entry.begin, align_up(cursor, alignment)
+            start_alignment = alignment if length >= SMALL_TENSOR_BYTES else MIN_ALIGNMENT
+            span_src, span_dst = entry.begin, align_up(cursor, start_alignment)
         dst = span_dst + (entry.begin - span_src)
         placed.append(Placed(entry, dst))
         span_end = entry.end
