@@ -297,7 +297,7 @@ def test_only_the_mapped_location_moves(tmp_path, local_only, host_loader):
 
 
 @needs_torch
-def test_kept_registration_is_reused_for_the_same_memfd(tmp_path, host_loader):
+def test_kept_registration_is_reused_for_the_same_memfd(tmp_path, host_loader, local_only):
     """Two loads of one sealed memfd (what a caching daemon hands out) register it once."""
     loader = host_loader(keep_registered_bytes=1 << 30, pageable_below_bytes=0)
     from picklejail.image import parse_image
@@ -329,7 +329,7 @@ def test_kept_registration_is_reused_for_the_same_memfd(tmp_path, host_loader):
 
 
 @needs_torch
-def test_kept_registrations_stay_within_their_budget(tmp_path, host_loader):
+def test_kept_registrations_stay_within_their_budget(tmp_path, host_loader, local_only):
     from picklejail.image import parse_image
     from test_client import save
     path = save({"w": torch.randn(300, 300)}, tmp_path / "w.pt")
@@ -383,7 +383,7 @@ def test_cuda_matches_torch_load(strategy, form, tmp_path, local_only):
 
 
 @needs_cuda
-def test_cuda_kept_registration_loads_the_cached_memfd_again(tmp_path):
+def test_cuda_kept_registration_loads_the_cached_memfd_again(tmp_path, local_only):
     from picklejail.image import parse_image
     from test_client import save
     path = save({f"w{i}": torch.randn(256, 256) for i in range(16)}, tmp_path / "w.pt")
