@@ -28,6 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "client" / "python"))
 import picklejail  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pages import measure as measure_pages  # noqa: E402
+
 
 # ---------------------------------------------------------------- inputs
 
@@ -286,6 +289,21 @@ def main():
                  f"{read_ref / numbers['500 MB state dict (GPT-2 shapes, tied)']['torch_s']:.2f}×",
                  "", ""))
     compare("20,000 small tensors", files["small"], 0.25)
+
+    # Fresh pages per job (issue 17): the worker's minor faults and peak RSS
+    # from the daemon's audit lines, the client's from getrusage in a fresh
+    # process around one load and sum (bench/pages.py), torch.load's alike.
+    if args.audit_log:
+        for key, label in (("small", "20,000 tensors"), ("gpt2", "500 MB")):
+            pages = measure_pages(str(files[key]), args.socket, str(args.audit_log), args.repeat)
+            numbers[f"pages per job, {label}"] = pages
+            worker, client, ref = pages["worker"] or {}, pages["client"], pages["torch_load"]
+            rows.append((f"fresh pages per job, {label}: minor faults (peak RSS growth)",
+                         f"{ref['minor_faults']:.0f} ({ref['hwm_growth_kib'] / 1024:.0f} MiB)",
+                         f"worker {worker.get('minor_faults', 0):.0f} "
+                         f"({worker.get('peak_rss_kib', 0) / 1024:.0f} MiB peak), client "
+                         f"{client['minor_faults']:.0f} ({client['hwm_growth_kib'] / 1024:.0f} MiB)",
+                         "", "", ""))
 
     # Cached: the second and later loads of the same file.
     picklejail.load(files["gpt2"], socket=args.cached_socket)

@@ -203,6 +203,7 @@ void LoadRequest::on_outcome(JobOutcome outcome) {
         audit["worker_pid"] = result.pid;
         audit["queued_ms"] = outcome.queued.count();
         audit["peak_rss_kib"] = result.peak_rss_kib;
+        audit["minor_faults"] = result.minor_faults;
     }
     if (result.status != ErrorCode::ok)
         return answer(Reply::error(result.status, sandbox::describe(result), request_.id));

@@ -211,7 +211,8 @@ void silence_allocator() {
     mi_register_output([](const char*, void*) {}, nullptr);
     // The default handler may abort(); returning lets malloc return null.
     mi_register_error([](int, void*) {}, nullptr);
-    mi_option_set(mi_option_large_os_pages, 0);
+    // Huge pages for the heap come from the environment the spawner gives
+    // (MIMALLOC_LARGE_OS_PAGES): set here, they would miss the first segments.
 #endif
 }
 
