@@ -100,7 +100,9 @@ def file_range_entries(metadata, stored):
         return None, {}
     if type(text) is not str:
         _fail(f"{META_FILE_RANGES} is not a string")
-    ranges = strict_json(text, META_FILE_RANGES)
+    # No per-object hook (a Python call per tensor): a repeated name keeps one
+    # entry, which is checked like any other.
+    ranges = strict_json(text, META_FILE_RANGES, unique_keys=False)
     if type(ranges) is not dict or set(ranges) != {"file", "tensors"} or \
             type(ranges["tensors"]) is not dict:
         _fail(f"{META_FILE_RANGES} must be an object with 'file' and 'tensors'")
