@@ -136,6 +136,7 @@ PreparedExec prepare_exec(const SpawnOptions& options, std::uint64_t input_size,
     if (!options.policy_json.empty()) add("--policy-json", options.policy_json);
     if (!options.limits_json.empty()) add("--limits-json", options.limits_json);
     if (!options.select.empty()) add("--select-json", nlohmann::json(options.select).dump());
+    if (options.map_file) add("--map-file", "1");
     const std::uint64_t memory =
         options.memory_bytes != 0 ? options.memory_bytes : 2 * input_size + kHeapAllowance;
     add("--address-space", std::to_string(memory));

@@ -29,6 +29,7 @@ struct SpawnOptions {
     std::string policy_json;          // self-contained policy text
     std::string limits_json;          // optional loader limit overrides
     std::vector<std::string> select;  // tensor names or prefixes; empty: all
+    bool map_file = false;            // layout only for stored records (loader/file_ranges.hpp)
     std::chrono::milliseconds deadline{60'000};
     std::uint64_t memory_bytes = 0;           // RLIMIT_AS; 0: 2 × input + 1 GiB
     std::uint64_t output_bytes = 1ULL << 40;  // RLIMIT_FSIZE on the output

@@ -13,7 +13,7 @@ import re
 import struct
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .dtypes import COMPLEX128, DTYPES, STORED_AS
@@ -75,6 +75,10 @@ class Image:
     tensor_ids: dict       # description "id" -> stored name (tensors this image holds)
     devices: dict          # stored name -> device it was saved on ("cpu" unless described)
     source_format: Optional[str]
+    # mmap=True (mapped.py): tensors left in the checkpoint file, also in `tensors`,
+    # whose begin/end are offsets in that file; and what the worker saw of it.
+    file_tensors: dict = field(default_factory=dict)
+    file_identity: Optional[dict] = None
 
 
 @contextmanager
@@ -483,13 +487,28 @@ def parse_image(buffer, size, *, select=None):
         tensors, tiled = _tensor_entries(header, data_size)
         del header
     del text  # the header's second copy, freed before anything is built
+    file_identity, file_tensors = _file_ranges(metadata, tensors)
+    tensors.update(file_tensors)
     aliases = _split_metadata(metadata, tensors)
     _apply_complex128(metadata, tensors)
-    in_data_order = _data_order(tensors, data_size, tiled)
+    if file_tensors:
+        file_tensors = {name: tensors[name] for name in file_tensors}  # complex128 applied
+        own = {n: e for n, e in tensors.items() if n not in file_tensors}
+        in_data_order = _data_order(own, data_size, tiled)
+    else:
+        in_data_order = _data_order(tensors, data_size, tiled)
     if META_OBJECT not in metadata:
         _fail(f"__metadata__ has no {META_OBJECT} description")
     description = strict_json(metadata[META_OBJECT], META_OBJECT, unique_keys=False)
     tensor_ids, devices = _index_description(description, tensors, aliases, select)
     return Image(buffer=buffer, data_offset=data_offset, data_size=data_size, tensors=tensors,
                  in_data_order=in_data_order, aliases=aliases, metadata=metadata, description=description,
-                 tensor_ids=tensor_ids, devices=devices, source_format=metadata.get(META_SOURCE))
+                 tensor_ids=tensor_ids, devices=devices, source_format=metadata.get(META_SOURCE),
+                 file_tensors=file_tensors, file_identity=file_identity)
+
+
+def _file_ranges(metadata, tensors):
+    if not isinstance(metadata, dict) or "picklejail.file_ranges" not in metadata:
+        return None, {}
+    from .mapped import file_range_entries  # only mmap=True images have ranges
+    return file_range_entries(metadata, tensors)
