@@ -36,7 +36,14 @@ enum class Handler : std::uint8_t {
     numpy_ndarray,       // numpy.ndarray
     numpy_dtype,         // numpy.dtype
     numpy_scalar,        // numpy.core.multiarray.scalar
-    unsupported_tensor,  // quantized/sparse/nested/meta rebuilds: clear refusal
+    rebuild_qtensor,         // torch._utils._rebuild_qtensor (loader/tensor_kinds.cpp)
+    rebuild_sparse_tensor,   // torch._utils._rebuild_sparse_tensor
+    rebuild_sparse_csr,      // torch._utils._rebuild_sparse_csr_tensor (torch 1.13)
+    rebuild_meta_tensor,     // torch._utils._rebuild_meta_tensor_no_storage
+    get_layout,              // torch.serialization._get_layout("torch.sparse_coo")
+    layout,                  // torch.sparse_coo ... as a value
+    qscheme,                 // torch.per_tensor_affine ... as a value
+    unsupported_tensor,      // nested/wrapper/device-numpy rebuilds: clear refusal (keep last)
 };
 
 [[nodiscard]] std::optional<Handler> handler_from_name(std::string_view name) noexcept;

@@ -95,6 +95,11 @@ class TorchBuilder:
         self._torch = torch
         self._placement = Placement(torch, map_location)
 
+    @property
+    def torch(self):
+        """The torch module (tensor_kinds.py builds sparse/quantized/meta tensors with it)."""
+        return self._torch
+
     def _torch_dtype(self, entry):
         dtype = getattr(self._torch, entry.dtype.torch_name, None)
         if not isinstance(dtype, self._torch.dtype):
