@@ -66,6 +66,10 @@ class GlobalRef:
 # A tensor that `select` left out: dropped from mappings, None in sequences.
 _UNSELECTED = object()
 
+
+class _LeftOut(Exception):
+    """A sparse/quantized tensor's data tensor was left out by `select`."""
+
 # Factories a defaultdict may name (the checkpoint policy's builtins.*), if the
 # description says which; the default is no factory.
 _DEFAULT_FACTORIES = {"list": list, "dict": dict, "int": int, "float": float, "str": str,
@@ -289,18 +293,19 @@ class _Rebuilder:
         if isinstance(ident, bool) or not isinstance(ident, int):
             _fail("tensor node without an int id")
         if ident not in self._by_id:
-            parts = {}
-
             def part(key):
                 data = node.get(key)
                 if not isinstance(data, dict) or "tensor" not in data:
                     _fail(f"tensor node's {key} is not a tensor node")
-                parts[key] = self._tensor(data["tensor"], data)
-                return parts[key]
+                value = self._tensor(data["tensor"], data)
+                if value is _UNSELECTED:
+                    raise _LeftOut
+                return value
 
-            value = make(part)
-            # A tensor left out by `select` leaves its sparse/quantized tensor out too.
-            self._by_id[ident] = _UNSELECTED if _UNSELECTED in parts.values() else value
+            try:
+                self._by_id[ident] = make(part)
+            except _LeftOut:  # `select` left out its data: the tensor is left out too
+                self._by_id[ident] = _UNSELECTED
         return self._by_id[ident]
 
     def _sparse(self, layout, node):
