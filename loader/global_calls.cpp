@@ -304,10 +304,9 @@ ValuePtr call_global(const GlobalValue& callee, const ValuePtr& args, CallContex
         case Handler::get_layout:
             return call_tensor_kind(callee, a, ctx);
         case Handler::unsupported_tensor:
-            fail_at(
-                ctx, ErrorCode::unsupported,
-                "unsupported tensor kind: " + callee.name +
-                    " (nested, wrapper-subclass and device-numpy tensors are not loaded)");
+            fail_at(ctx, ErrorCode::unsupported,
+                    "unsupported tensor kind: " + callee.name +
+                        " (nested, wrapper-subclass and device-numpy tensors are not loaded)");
         case Handler::tensor_class:
         case Handler::parameter_class:
         case Handler::storage_class:

@@ -116,7 +116,9 @@ const TensorValue& tensor_arg(const ValuePtr& value, std::string_view what,
     return *tensor;
 }
 
-std::string dtype_name(DType dtype) { return std::string(info(dtype).torch_name); }
+std::string dtype_name(DType dtype) {
+    return std::string(info(dtype).torch_name);
+}
 
 bool truthy(const ValuePtr& value) {
     const auto number = as_int(*value);
@@ -125,9 +127,8 @@ bool truthy(const ValuePtr& value) {
 
 TensorKind layout_arg(const ValuePtr& value, const CallContext& ctx) {
     const auto* global = value->as<GlobalValue>();
-    const auto kind = global && global->handler == Handler::layout
-                          ? layout_kind(global->name)
-                          : std::optional<TensorKind>{};
+    const auto kind = global && global->handler == Handler::layout ? layout_kind(global->name)
+                                                                   : std::optional<TensorKind>{};
     if (!kind) {
         fail_at(ctx, ErrorCode::unsupported,
                 "sparse layout " + describe(*value) + " is not sparse_coo/csr/csc/bsr/bsc");
@@ -373,8 +374,7 @@ ValuePtr rebuild_qtensor(const GlobalValue& callee, const std::vector<ValuePtr>&
     return ctx.arena.make(std::move(out));
 }
 
-ValuePtr rebuild_meta(const GlobalValue& callee, const std::vector<ValuePtr>& a,
-                      CallContext& ctx) {
+ValuePtr rebuild_meta(const GlobalValue& callee, const std::vector<ValuePtr>& a, CallContext& ctx) {
     if (a.size() != 4) {
         fail_at(ctx, ErrorCode::malformed,
                 callee.name + " called with " + std::to_string(a.size()) + " arguments");
@@ -395,8 +395,7 @@ ValuePtr rebuild_meta(const GlobalValue& callee, const std::vector<ValuePtr>& a,
     return ctx.arena.make(std::move(out));
 }
 
-ValuePtr get_layout(const GlobalValue& callee, const std::vector<ValuePtr>& a,
-                    CallContext& ctx) {
+ValuePtr get_layout(const GlobalValue& callee, const std::vector<ValuePtr>& a, CallContext& ctx) {
     const auto* name = a.size() == 1 ? a[0]->as<StringValue>() : nullptr;
     if (name == nullptr || !layout_kind(name->utf8)) {
         fail_at(ctx, ErrorCode::unsupported,
@@ -413,9 +412,8 @@ class IndexReader {
     IndexReader(const TensorValue& view, const StorageTable& storages, std::string_view where)
         : view_(view), storage_(storages.at(view.storage)) {
         if (!storage_.bound) {
-            throw Error(ErrorCode::malformed,
-                        "storage \"" + storage_.key + "\" of " + std::string(where) +
-                            " has no data");
+            throw Error(ErrorCode::malformed, "storage \"" + storage_.key + "\" of " +
+                                                  std::string(where) + " has no data");
         }
     }
 
@@ -479,9 +477,10 @@ void check_coo(const TensorKindValue& t, const StorageTable& storages, std::stri
             order = current < previous ? -1 : current > previous ? 1 : 0;
         }
         if (order <= 0) {
-            bad_index(where, "sparse COO tensor marked coalesced has unsorted or repeated "
-                             "indices at column " +
-                                 std::to_string(j));
+            bad_index(where,
+                      "sparse COO tensor marked coalesced has unsorted or repeated "
+                      "indices at column " +
+                          std::to_string(j));
         }
     }
 }
@@ -516,9 +515,10 @@ void check_compressed(const TensorKindValue& t, const StorageTable& storages,
                                      " is out of bounds for " + std::to_string(plain_size));
             }
             if (k > begin && position <= positions.at(0, static_cast<std::uint64_t>(k - 1))) {
-                bad_index(where, "compressed sparse plain indices are not sorted and unique "
-                                 "within entry " +
-                                     std::to_string(s));
+                bad_index(where,
+                          "compressed sparse plain indices are not sorted and unique "
+                          "within entry " +
+                              std::to_string(s));
             }
         }
     }
@@ -595,7 +595,8 @@ std::string_view tensor_kind_tag(const TensorKindValue& tensor) noexcept {
 
 std::string tensor_kind_tag_value(const TensorKindValue& tensor) {
     for (const auto& layout : kLayouts) {
-        if (layout.kind == tensor.kind) return std::string(layout.global.substr(6));  // "sparse_coo"
+        if (layout.kind == tensor.kind)
+            return std::string(layout.global.substr(6));  // "sparse_coo"
     }
     if (tensor.kind == TensorKind::quantized) return tensor.qtype;
     return dtype_name(tensor.dtype);
@@ -606,7 +607,8 @@ void append_tensor_kind_fields(std::string& text, const TensorKindValue& tensor)
     append_json_integer(text, tensor.id);
     append_dims(text, "shape", tensor.shape);
     if (tensor.kind == TensorKind::meta) append_dims(text, "stride", tensor.stride);
-    if (tensor.coalesced) text += *tensor.coalesced ? ",\"coalesced\":true" : ",\"coalesced\":false";
+    if (tensor.coalesced)
+        text += *tensor.coalesced ? ",\"coalesced\":true" : ",\"coalesced\":false";
     if (tensor.kind == TensorKind::quantized) {
         text += tensor.per_channel ? ",\"qscheme\":\"per_channel_affine\",\"axis\":"
                                    : ",\"qscheme\":\"per_tensor_affine\",\"scale\":";

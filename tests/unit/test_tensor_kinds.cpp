@@ -80,8 +80,7 @@ std::string int_tuple(const std::vector<std::int64_t>& values) {
 std::string global(std::string_view module, std::string_view name) {
     return "c" + std::string(module) + "\n" + std::string(name) + "\n";
 }
-std::string storage_pid(std::string_view storage_class, std::string_view key,
-                        std::int64_t numel) {
+std::string storage_pid(std::string_view storage_class, std::string_view key, std::int64_t numel) {
     return "(" + str("storage") + global("torch", storage_class) + str(key) + str("cpu") +
            integer(numel) + "tQ";
 }
@@ -138,11 +137,10 @@ Archive coo(const std::vector<std::int64_t>& indices, std::int64_t rows,
             const std::vector<float>& values, const std::vector<std::int64_t>& size,
             std::string coalesced = "") {
     const auto nnz = static_cast<std::int64_t>(values.size());
-    const std::string data = "(" +
-                             dense("LongStorage", "0", {rows, nnz},
-                                   static_cast<std::int64_t>(indices.size())) +
-                             dense("FloatStorage", "1", {nnz}, nnz) + global("torch", "Size") +
-                             "(" + int_tuple(size) + "tR" + coalesced + "t";
+    const std::string data =
+        "(" + dense("LongStorage", "0", {rows, nnz}, static_cast<std::int64_t>(indices.size())) +
+        dense("FloatStorage", "1", {nnz}, nnz) + global("torch", "Size") + "(" + int_tuple(size) +
+        "tR" + coalesced + "t";
     return {one_entry(global("torch._utils", "_rebuild_sparse_tensor") + "(" +
                       layout("torch.sparse_coo") + data + "tR"),
             {{"0", i64s(indices)}, {"1", f32s(values)}}};
@@ -161,8 +159,8 @@ Archive compressed(std::string_view layout_name, const std::vector<std::int32_t>
               static_cast<std::int64_t>(positions.size())) +
         dense("FloatStorage", "2", value_shape, static_cast<std::int64_t>(values.size())) +
         global("torch", "Size") + "(" + int_tuple(size) + "tRt";
-    const std::string function = layout_name == "torch.sparse_csr" ? "_rebuild_sparse_csr_tensor"
-                                                                   : "_rebuild_sparse_tensor";
+    const std::string function =
+        layout_name == "torch.sparse_csr" ? "_rebuild_sparse_csr_tensor" : "_rebuild_sparse_tensor";
     return {one_entry(global("torch._utils", function) + "(" + layout(layout_name) + data + "tR"),
             {{"0", i32s(starts)}, {"1", i32s(positions)}, {"2", f32s(values)}}};
 }
@@ -247,8 +245,7 @@ TEST_CASE("tensor_kinds: hostile COO tensors are refused with their code") {
                    "sparse COO index 3 at [0][1] is out of bounds for size 3");
     expect_refused(coo({0, -1, 1, 0}, 2, {1, 2}, {3, 3}), "malformed", "index -1");
     // Marked coalesced, but the columns repeat (and so are not strictly increasing).
-    expect_refused(coo({1, 1, 0, 0}, 2, {1, 2}, {3, 3}, op(0x88)), "malformed",
-                   "marked coalesced");
+    expect_refused(coo({1, 1, 0, 0}, 2, {1, 2}, {3, 3}, op(0x88)), "malformed", "marked coalesced");
     // Three sparse dimensions of indices for a 2-d size.
     expect_refused(coo({0, 0, 0}, 3, {1}, {3, 3}), "malformed", "size has 2 dimensions");
     // Two indices, one value.
@@ -286,14 +283,14 @@ TEST_CASE("tensor_kinds: hostile COO tensors are refused with their code") {
 }
 
 TEST_CASE("tensor_kinds: CSR, CSC and BSR tensors load and are checked") {
-    const auto csr = convert(compressed("torch.sparse_csr", {0, 1, 3}, {2, 0, 1}, {1, 2, 3}, {3},
-                                        {2, 3}));
+    const auto csr =
+        convert(compressed("torch.sparse_csr", {0, 1, 3}, {2, 0, 1}, {1, 2, 3}, {3}, {2, 3}));
     REQUIRE(csr.code == "ok");
-    CHECK(csr.names == std::vector<std::string>{"s.values", "s.compressed_indices",
-                                                "s.plain_indices"});
+    CHECK(csr.names ==
+          std::vector<std::string>{"s.values", "s.compressed_indices", "s.plain_indices"});
     CHECK(contains(csr.description, R"({"sparse":"sparse_csr","id":3,"shape":[2,3],)"));
-    const auto csc = convert(compressed("torch.sparse_csc", {0, 1, 1, 2}, {1, 0}, {1, 2}, {2},
-                                        {2, 3}));
+    const auto csc =
+        convert(compressed("torch.sparse_csc", {0, 1, 1, 2}, {1, 0}, {1, 2}, {2}, {2, 3}));
     CHECK(csc.code == "ok");
     // 2x2 blocks of a 4x4 matrix: block row 0 has block column 1, block row 1 has 0.
     const auto bsr = convert(compressed("torch.sparse_bsr", {0, 1, 2}, {1, 0},
@@ -313,9 +310,9 @@ TEST_CASE("tensor_kinds: CSR, CSC and BSR tensors load and are checked") {
                    "malformed", "not sorted and unique");
     expect_refused(compressed("torch.sparse_csr", {0, 1}, {0}, {1}, {1}, {2, 3}), "malformed",
                    "hold 2 entries, expected 2 + 1");
-    expect_refused(compressed("torch.sparse_bsr", {0, 1}, {0}, {1, 2, 3, 4, 5, 6}, {1, 2, 3},
-                              {2, 4}),
-                   "malformed", "block shape does not divide the size");
+    expect_refused(
+        compressed("torch.sparse_bsr", {0, 1}, {0}, {1, 2, 3, 4, 5, 6}, {1, 2, 3}, {2, 4}),
+        "malformed", "block shape does not divide the size");
 }
 
 TEST_CASE("tensor_kinds: quantized tensors, per tensor and per channel") {
@@ -327,8 +324,8 @@ TEST_CASE("tensor_kinds: quantized tensors, per tensor and per channel") {
         per_tensor.description,
         R"({"quantized":"qint8","id":1,"shape":[2,3],"qscheme":"per_tensor_affine","scale":0.25,"zero_point":-3,"int_repr":{"tensor":"s.int_repr","id":0,"dtype":"int8"}})"));
 
-    const auto per_channel_ok = convert(qtensor(per_channel(3, 1), "QInt8Storage",
-                                                channel_storages(3)));
+    const auto per_channel_ok =
+        convert(qtensor(per_channel(3, 1), "QInt8Storage", channel_storages(3)));
     REQUIRE(per_channel_ok.code == "ok");
     CHECK(contains(per_channel_ok.description, R"("qscheme":"per_channel_affine","axis":1,)"));
     CHECK(contains(per_channel_ok.description, R"("scales":{"tensor":"s.scales")"));
@@ -339,17 +336,17 @@ TEST_CASE("tensor_kinds: quantized tensors, per tensor and per channel") {
                    "axis -1 is out of range");
     expect_refused(qtensor(per_channel(2, 1), "QInt8Storage", channel_storages(2)), "malformed",
                    "scales hold 2 values but axis 1 has 3 channels");
-    expect_refused(qtensor("(" + global("torch", "per_tensor_symmetric") + real(0.25) +
-                           integer(0) + "t"),
-                   "unsupported", "qscheme torch.per_tensor_symmetric");
-    expect_refused(qtensor("(" + global("torch", "per_tensor_affine") + str("x") + integer(0) +
-                           "t"),
-                   "malformed", "scale/zero_point are not numbers");
+    expect_refused(
+        qtensor("(" + global("torch", "per_tensor_symmetric") + real(0.25) + integer(0) + "t"),
+        "unsupported", "qscheme torch.per_tensor_symmetric");
+    expect_refused(
+        qtensor("(" + global("torch", "per_tensor_affine") + str("x") + integer(0) + "t"),
+        "malformed", "scale/zero_point are not numbers");
     // A float storage handed to _rebuild_qtensor, and a quantized one to _rebuild_tensor_v2.
-    expect_refused(qtensor("(" + global("torch", "per_tensor_affine") + real(0.25) + integer(0) +
-                               "t",
-                           "FloatStorage"),
-                   "malformed", "not quantized but viewed by _rebuild_qtensor");
+    expect_refused(
+        qtensor("(" + global("torch", "per_tensor_affine") + real(0.25) + integer(0) + "t",
+                "FloatStorage"),
+        "malformed", "not quantized but viewed by _rebuild_qtensor");
     expect_refused({one_entry(dense("QInt8Storage", "0", {6}, 6)), {{"0", std::string(6, '\1')}}},
                    "malformed", "quantized but viewed by a plain tensor rebuild");
 }
@@ -365,10 +362,10 @@ TEST_CASE("tensor_kinds: meta tensors carry shape, stride and dtype only") {
         out.description,
         R"({"meta_tensor":"float16","id":0,"shape":[3,4],"stride":[1,3],"requires_grad":true})"));
     // As a Parameter (an nn.Module built on the meta device).
-    const auto param = convert({one_entry(global("torch._utils", "_rebuild_parameter") + "(" +
-                                          meta + op(0x89) + global("collections", "OrderedDict") +
-                                          ")RtR"),
-                                {}});
+    const auto param =
+        convert({one_entry(global("torch._utils", "_rebuild_parameter") + "(" + meta + op(0x89) +
+                           global("collections", "OrderedDict") + ")RtR"),
+                 {}});
     REQUIRE(param.code == "ok");
     CHECK(contains(param.description, R"("stride":[1,3],"parameter":true})"));
 
