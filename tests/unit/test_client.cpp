@@ -160,7 +160,7 @@ TEST_CASE("the C++ client throws the protocol's error codes") {
             CHECK(e.code() == code);
         }
     };
-    expect_code([&] { (void)client.load(kFixtures / "torch-2.11" / "quantized.pt"); },
+    expect_code([&] { (void)client.load(kFixtures / "torch-2.11" / "torchscript.pt"); },
                 ErrorCode::unsupported);
     expect_code([&] { (void)client.load(kFixtures / "torch-2.11" / "argparse_namespace.pt"); },
                 ErrorCode::forbidden_global);

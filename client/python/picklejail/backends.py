@@ -96,6 +96,11 @@ class TorchBuilder:
         self._placement = Placement(torch, map_location)
         self.cuda_loader = None  # a cuda.CudaLoader; None: the process's shared one
 
+    @property
+    def torch(self):
+        """The torch module (tensor_kinds.py builds sparse/quantized/meta tensors with it)."""
+        return self._torch
+
     def _torch_dtype(self, entry):
         dtype = getattr(self._torch, entry.dtype.torch_name, None)
         if not isinstance(dtype, self._torch.dtype):
