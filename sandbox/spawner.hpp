@@ -50,7 +50,8 @@ struct JobResult {
     std::uint64_t tensor_count = 0;
     std::string source_format;  // zip, legacy or pickle (from the checked image)
     std::uint64_t peak_rss_kib = 0;
-    std::uint64_t minor_faults = 0;  // pages the worker touched first (and refaulted)
+    // Pages the worker faulted in (its fresh memory, mostly).
+    std::uint64_t minor_faults = 0;
     bool isolated = false;        // new namespaces (and, as root, the uid switch)
     bool user_namespace = false;  // isolated in a user namespace, keeping the caller's uid
     pid_t pid = 0;                // for diagnostics and tests (already reaped)

@@ -294,6 +294,7 @@ def test_only_the_mapped_location_moves(tmp_path, local_only, host_loader):
     path = save({"a": torch.ones(3), "b": torch.arange(4)}, tmp_path / "two.pt")
     got = picklejail.load(path, map_location={"cuda:0": "cuda:1"})  # saved on the CPU: stays
     assert cuda._shared["loader"].last_strategy is None
+    assert all(t.device == torch.device("cpu") for t in got.values())
 
 
 @needs_torch
@@ -326,6 +327,25 @@ def test_kept_registration_is_reused_for_the_same_memfd(tmp_path, host_loader, l
         assert loader._engine.registered == {}
     finally:
         os.close(fd)
+
+
+@needs_torch
+def test_an_image_that_is_no_memfd_is_not_registered_to_be_kept(tmp_path, host_loader, local_only):
+    """Anonymous memory (the shm and inline transports copy into it) cannot be found again."""
+    from picklejail.image import parse_image
+    from picklejail.memory import copy_fd_to_private
+    from test_client import save
+    loader = host_loader(keep_registered_bytes=1 << 30, pageable_below_bytes=0)
+    path = save({"w": torch.randn(300, 300)}, tmp_path / "w.pt")
+    image_bytes = convert_to_bytes(path, tmp_path)
+    fd = memfd_holding(image_bytes)
+    try:
+        anonymous = copy_fd_to_private(fd, len(image_bytes))
+    finally:
+        os.close(fd)
+    got = loader.place(parse_image(anonymous, len(image_bytes)), lambda entry: "cuda:0")
+    assert loader.last_strategy == "ring" and loader._engine.registered == {}
+    assert torch.equal(got["w"], torch.load(path)["w"])
 
 
 @needs_torch

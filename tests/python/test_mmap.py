@@ -65,6 +65,11 @@ def in_file(tensor, ranges):
     return any(start <= pointer < end for start, end in ranges)
 
 
+def is_dense(tensor):
+    """A strided, unquantized torch tensor."""
+    return tensor.layout == torch.strided and not tensor.is_quantized
+
+
 def leaves(obj, prefix=""):
     if hasattr(obj, "dtype") and hasattr(obj, "shape") and not isinstance(obj, type):
         yield prefix, obj
@@ -84,10 +89,17 @@ def test_fixture_mmap_matches_torch_load(ckpt, entry):
     if not torch_has_dtypes(entry):
         pytest.skip(f"this torch cannot read {ckpt.name} either")
     got = picklejail.load(ckpt, mmap=True)
-    assert_same(got, torch.load(ckpt, weights_only=False))
+    try:
+        expected = torch.load(ckpt, weights_only=False)
+    except ValueError as error:  # 1.13 cannot rebuild 2.x's four-item sparse COO form
+        pytest.skip(f"this torch cannot read {ckpt.name}: {error}")
+    assert_same(got, expected)
     ranges = file_mappings(ckpt)
-    viewed = [name for name, t in leaves(got) if t.numel() and in_file(t, ranges)]
-    if zipfile.is_zipfile(ckpt) and "legacy" not in ckpt.name:
+    # Only dense tensors can be views of the file's records (sparse and quantized
+    # tensors are rebuilt from their parts, which the client copies).
+    dense = [(name, t) for name, t in leaves(got) if is_dense(t) and t.numel()]
+    viewed = [name for name, t in dense if in_file(t, ranges)]
+    if zipfile.is_zipfile(ckpt) and "legacy" not in ckpt.name and dense:
         assert viewed, f"{ckpt.name}: no tensor is a view of the file"
     else:
         assert not viewed, f"{ckpt.name} is not a zip: nothing can be mapped"

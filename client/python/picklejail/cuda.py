@@ -35,7 +35,7 @@ import ctypes
 import itertools
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .cuda_plan import chunk_plan, group_by_device, memfd_identity, plan_device, split_evenly
 from .errors import PicklejailError
@@ -342,7 +342,10 @@ class CudaLoader:
         address = host.data_ptr()
         identity = _image_identity(address) if self.options.keep_registered_bytes else None
         kept = self._kept.find(identity) if identity is not None else None
-        strategy = choose_strategy(self.options, copy_bytes, kept is not None,
+        # Only a memfd's registration can be found again: anything else is not kept.
+        options = self.options if identity is not None else replace(self.options,
+                                                                    keep_registered_bytes=0)
+        strategy = choose_strategy(options, copy_bytes, kept is not None,
                                    all(self._engine.can_register(p.device) for p in plans))
         self.last_strategy = strategy
         data = host[image.data_offset:]
