@@ -5,8 +5,8 @@ import secrets
 import select
 import time
 
-from mu_support import (ATTACKER, BYSTANDER, FIXTURES, Agent, MUClient, MUDaemon, median,
-                        one_request, percentile, reply_code)
+from mu_support import (ATTACKER, BYSTANDER, FIXTURES, SLOW_CONFIG, Agent, MUClient, MUDaemon,
+                        median, one_request, percentile, reply_code)
 
 PARAMS = FIXTURES / "torch-2.11" / "params.pt"
 
@@ -63,7 +63,8 @@ def test_small_load_waits_at_most_about_one_large_job(world, ckpts):
     """--max-workers 2: uid A keeps 8 large loads in flight; uid B's small loads
     wait about one large job at most (p50 <= 1.5 x the large job + 0.3 s), not
     behind A's whole queue, and are never refused."""
-    d = MUDaemon(world, "--max-workers", 2, name="fair")
+    # large.pt has more objects than the default max_objects allows.
+    d = MUDaemon(world, "--max-workers", 2, config=SLOW_CONFIG, name="fair")
     stop_file = world / f"stop-{secrets.token_hex(4)}"
     try:
         large = ckpts / "large.pt"
