@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "systemd"))
 import pj_client  # noqa: E402
 from check_service import (confined_worker, expect, interfaces, os_system_pickle,  # noqa: E402
-                           proc_status, slow_pickle)
+                           proc_status, run_checks, slow_pickle)
 from pj_client import Connection, load_file  # noqa: E402
 
 # The manifest's capabilities (linux/capability.h numbers).
@@ -173,16 +173,7 @@ def main():
     slow.write_bytes(slow_pickle(3_000_000))
     ctx = {"daemon": int(daemon), "cli": cli, "fixture": Path(fixture), "scratch": scratch,
            "slow": slow}
-    failed = []
-    for function in CHECKS:
-        try:
-            print(f"PASS {function.__name__}: {function(ctx)}", flush=True)
-        except Exception as e:  # every check runs and reports
-            failed.append(function.__name__)
-            print(f"FAIL {function.__name__}: {type(e).__name__}: {e}", flush=True)
-    print(f"{len(CHECKS) - len(failed)} of {len(CHECKS)} checks passed" +
-          (f"; failed: {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
+    return run_checks(CHECKS, ctx)
 
 
 if __name__ == "__main__":

@@ -465,18 +465,22 @@ def setup(fixture):
     return {"fixture": fixture, "slow": slow}
 
 
-def main():
-    ctx = setup(Path(sys.argv[1]))
+def run_checks(checks, ctx):
+    """Runs every check, printing PASS or FAIL with what it found; 1 if any failed."""
     failed = []
-    for function in CHECKS:
+    for function in checks:
         try:
             print(f"PASS {function.__name__}: {function(ctx)}", flush=True)
         except Exception as e:  # every check runs and reports, whatever failed before
             failed.append(function.__name__)
             print(f"FAIL {function.__name__}: {type(e).__name__}: {e}", flush=True)
-    print(f"{len(CHECKS) - len(failed)} of {len(CHECKS)} checks passed" +
+    print(f"{len(checks) - len(failed)} of {len(checks)} checks passed" +
           (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
+
+
+def main():
+    return run_checks(CHECKS, setup(Path(sys.argv[1])))
 
 
 if __name__ == "__main__":
