@@ -11,6 +11,7 @@ Run through scripts/bench, which builds everything and starts the daemons:
 
 import argparse
 import collections
+import inspect
 import json
 import multiprocessing
 import os
@@ -27,6 +28,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "client" / "python"))
 import picklejail  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pages import measure as measure_pages  # noqa: E402
 
 
 # ---------------------------------------------------------------- inputs
@@ -96,10 +100,22 @@ def timed(fn, repeat):
     return statistics.median(times)
 
 
+def torch_has_mmap():
+    """torch.load(mmap=True) exists from torch 2.1."""
+    return "mmap" in inspect.signature(torch.load).parameters
+
+
+LOADERS = {
+    "torch": lambda path, socket: torch.load(path, weights_only=True),
+    "torch-mmap": lambda path, socket: torch.load(path, weights_only=True, mmap=True),
+    "picklejail": lambda path, socket: picklejail.load(path, socket=socket),
+    "picklejail-mmap": lambda path, socket: picklejail.load(path, socket=socket, mmap=True),
+}
+
+
 def time_one(kind, path, socket):
     """One load and touch in this (fresh) process; torch is imported before the clock starts."""
-    load = (lambda: torch.load(path, weights_only=True)) if kind == "torch" else \
-        (lambda: picklejail.load(path, socket=socket))
+    load = lambda: LOADERS[kind](path, socket)  # noqa: E731
     torch.set_num_threads(1)
     start = time.perf_counter()
     touch(load())
@@ -121,17 +137,42 @@ def fresh_timed(kind, path, socket, repeat):
     return statistics.median(times)
 
 
-def fresh_timed_pairs(path, socket, repeat):
-    """Medians of torch.load and picklejail, alternating one fresh process of each.
+def fresh_timed_pairs(path, socket, repeat, kinds=("torch", "picklejail")):
+    """Medians of each kind (torch.load, picklejail, ...), taking turns one fresh process each.
 
     This VM's speed drifts by tens of percent over minutes; taking turns puts
     both sides of a ratio under the same drift.
     """
-    ref, ours = [], []
+    times = {kind: [] for kind in kinds}
     for _ in range(repeat):
-        ref.append(fresh_timed("torch", path, socket, 1))
-        ours.append(fresh_timed("picklejail", path, socket, 1))
-    return statistics.median(ref), statistics.median(ours)
+        for kind in kinds:
+            times[kind].append(fresh_timed(kind, path, socket, 1))
+    return tuple(statistics.median(times[kind]) for kind in kinds)
+
+
+def mmap_rows(files, socket, repeat, rows, numbers):
+    """mmap=True: the worker checks the file, the client maps it (no copy). Each file's
+    row takes turns between torch.load, picklejail copying, picklejail mapping and,
+    where torch has it, torch.load(mmap=True)."""
+    kinds = ["torch", "picklejail", "picklejail-mmap"] + (["torch-mmap"] if torch_has_mmap()
+                                                         else [])
+    for label, path, target in [("500 MB state dict, mmap=True", files["gpt2"], 0.35),
+                                ("20,000 small tensors, mmap=True", files["small"], None)]:
+        read_once(path)
+        medians = dict(zip(kinds, fresh_timed_pairs(path, socket, repeat, kinds)))
+        ref, ours, copied = medians["torch"], medians["picklejail-mmap"], medians["picklejail"]
+        ratio = ours / ref
+        numbers[label] = {"torch_s": ref, "picklejail_mmap_s": ours, "picklejail_copy_s": copied,
+                          "ratio": ratio, "torch_mmap_s": medians.get("torch-mmap")}
+        judged = ratio <= target if target else ours <= copied * 1.05
+        rows.append((label, f"{ref * 1000:.0f} ms",
+                     f"{ours * 1000:.0f} ms (copying: {copied * 1000:.0f} ms)", f"{ratio:.2f}×",
+                     f"≤ {target}×" if target else "no slower than copying",
+                     "met" if judged else "NOT met"))
+        if "torch-mmap" in medians:
+            rows.append(("… torch.load(weights_only=True, mmap=True)", "",
+                         f"{medians['torch-mmap'] * 1000:.0f} ms",
+                         f"{medians['torch-mmap'] / ref:.2f}×", "", ""))
 
 
 def read_once(path):
@@ -241,10 +282,17 @@ def fairness(large, small, sock, count=30):
 
 # ---------------------------------------------------------------- the table
 
+def print_table(rows):
+    print("| benchmark | torch.load | picklejail | ratio | target | |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--time-one":  # a child of fresh_timed
         one = argparse.ArgumentParser()
-        one.add_argument("--time-one", nargs=2, metavar=("KIND", "PATH"))
+        one.add_argument("--time-one", nargs=2, metavar=("KIND", "PATH"))  # a LOADERS key
         one.add_argument("--socket")
         known = one.parse_args()
         print(time_one(known.time_one[0], known.time_one[1], known.socket))
@@ -259,10 +307,15 @@ def main():
     parser.add_argument("--big", action="store_true", help="also measure a 2 GB checkpoint")
     parser.add_argument("--audit-log", type=Path, help="the cold daemon's stderr (peak RSS)")
     parser.add_argument("--json", type=Path, help="write the numbers here")
+    parser.add_argument("--only-mmap", action="store_true", help="only the mmap=True rows")
     args = parser.parse_args()
     files = make_inputs(args.data, args.big)
     torch.set_num_threads(1)
     rows, numbers = [], {}
+    if args.only_mmap:
+        mmap_rows(files, args.socket, args.repeat, rows, numbers)
+        print_table(rows)
+        return
 
     def compare(label, path, target):
         """The judged row: first loads in fresh processes; then the same in one process."""
@@ -286,6 +339,22 @@ def main():
                  f"{read_ref / numbers['500 MB state dict (GPT-2 shapes, tied)']['torch_s']:.2f}×",
                  "", ""))
     compare("20,000 small tensors", files["small"], 0.25)
+    mmap_rows(files, args.socket, args.repeat, rows, numbers)
+
+    # Fresh pages per job (issue 17): the worker's minor faults and peak RSS
+    # from the daemon's audit lines, the client's from getrusage in a fresh
+    # process around one load and sum (bench/pages.py), torch.load's alike.
+    if args.audit_log:
+        for key, label in (("small", "20,000 tensors"), ("gpt2", "500 MB")):
+            pages = measure_pages(str(files[key]), args.socket, str(args.audit_log), args.repeat)
+            numbers[f"pages per job, {label}"] = pages
+            worker, client, ref = pages["worker"] or {}, pages["client"], pages["torch_load"]
+            rows.append((f"fresh pages per job, {label}: minor faults (peak RSS growth)",
+                         f"{ref['minor_faults']:.0f} ({ref['hwm_growth_kib'] / 1024:.0f} MiB)",
+                         f"worker {worker.get('minor_faults', 0):.0f} "
+                         f"({worker.get('peak_rss_kib', 0) / 1024:.0f} MiB peak), client "
+                         f"{client['minor_faults']:.0f} ({client['hwm_growth_kib'] / 1024:.0f} MiB)",
+                         "", "", ""))
 
     # Cached: the second and later loads of the same file.
     picklejail.load(files["gpt2"], socket=args.cached_socket)
@@ -378,10 +447,7 @@ def main():
                      f"{peak:.0f} MiB for a {output:.0f} MiB image", "",
                      "≤ output + 64 MiB", "met" if peak <= output + 64 else "NOT met"))
 
-    print("| benchmark | torch.load | picklejail | ratio | target | |")
-    print("|---|---|---|---|---|---|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print_table(rows)
     if args.json:
         args.json.write_text(json.dumps(numbers, indent=2))
 

@@ -25,6 +25,7 @@ struct CacheKey {
     std::string policy;
     std::uint64_t policy_generation = 0;  // bumped by SIGHUP reloads
     std::vector<std::string> select;
+    bool map_file = false;  // a layout-only image (mmap) is another image
     // NOLINTNEXTLINE(modernize-use-nullptr): clang-tidy 14 misreads defaulted <=>
     friend auto operator<=>(const CacheKey&, const CacheKey&) = default;
 };

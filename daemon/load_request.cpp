@@ -137,6 +137,7 @@ sandbox::SpawnOptions LoadRequest::spawn_options() const {
     options.memory_bytes = s_.config.worker_memory_bytes;
     options.output_bytes = s_.config.max_output_bytes;
     options.select = request_.select;
+    options.map_file = request_.map_file;
     options.network_namespace_fd = s_.network_namespace.get();
     options.worker_identity = s_.worker_identity;
     return options;
@@ -168,7 +169,7 @@ std::function<void(JobOutcome)> LoadRequest::outcome_handler() {
 void LoadRequest::convert_through_cache(std::shared_ptr<ipc::UniqueFd> input,
                                         const FileIdentity& file,
                                         const sandbox::SpawnOptions& options) {
-    const CacheKey key{file, policy_, s_.policies.generation(), request_.select};
+    const CacheKey key{file, policy_, s_.policies.generation(), request_.select, request_.map_file};
     if (const auto hit = s_.cache->find(key)) return on_outcome(outcome_from_cache(*hit));
     if (auto joined = s_.in_flight.join(key, outcome_handler())) {
         s_.cache->count_coalesced();
@@ -203,6 +204,7 @@ void LoadRequest::on_outcome(JobOutcome outcome) {
         audit["worker_pid"] = result.pid;
         audit["queued_ms"] = outcome.queued.count();
         audit["peak_rss_kib"] = result.peak_rss_kib;
+        audit["minor_faults"] = result.minor_faults;
     }
     if (result.status != ErrorCode::ok)
         return answer(Reply::error(result.status, sandbox::describe(result), request_.id));

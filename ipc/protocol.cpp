@@ -81,6 +81,12 @@ void parse_load_fields(const nlohmann::json& message, Request& request) {
     } else {
         bad("\"transport\" must be memfd, shm or inline");
     }
+    if (const auto* map = field(message, "mmap")) {
+        if (!map->is_boolean()) bad("\"mmap\" must be true, false or absent");
+        request.map_file = map->get<bool>();
+        // The client maps the very file description it sent (docs/protocol.md).
+        if (request.map_file && !request.fd) bad("\"mmap\":true needs \"fd\":true");
+    }
 }
 
 }  // namespace
@@ -125,6 +131,7 @@ Request parse_request(std::string_view line) {
         case Op::load:
         case Op::inspect:
             parse_load_fields(message, request);
+            if (request.op == Op::inspect) request.map_file = false;  // lists every tensor anyway
             break;
         case Op::release:
             request.shm_name = string_field(message, "shm_name");

@@ -33,7 +33,8 @@ struct Request {  // NOLINT(bugprone-exception-escape): members never throw when
     std::string policy;               // empty: the daemon's default
     Transport transport = Transport::memfd;
     std::vector<std::string> select;
-    std::string shm_name;  // release
+    bool map_file = false;  // load "mmap": layout-only image for the client's own mapping
+    std::string shm_name;   // release
 };
 
 // Parses one request line (without '\n'). Throws Error(invalid_request)

@@ -159,7 +159,8 @@ Conversion& Conversion::operator=(Conversion&&) noexcept = default;
 Conversion::~Conversion() = default;
 
 Conversion Conversion::plan(std::span<const std::byte> input, const Policy& policy,
-                            const Limits& limits, const Selection& select, HelperThread* helper) {
+                            const Limits& limits, const Selection& select, HelperThread* helper,
+                            const SourceFileIdentity* map_file) {
     Conversion conversion;
     conversion.owned_ = std::make_unique<Owned>(limits);
     Owned& owned = *conversion.owned_;
@@ -174,8 +175,19 @@ Conversion Conversion::plan(std::span<const std::byte> input, const Policy& poli
     conversion.protocol_ = parsed.read.pickle.protocol;
     conversion.globals_ = parsed.read.pickle.globals;
     conversion.metadata_ = build_metadata(flat, parsed.format, parsed.read.pickle);
-    conversion.layout_ = SafetensorsLayout::plan(tensor_sources(flat, owned.storages),
-                                                 conversion.metadata_, owned.limits);
+    auto sources = tensor_sources(flat, owned.storages);
+    if (map_file != nullptr) {
+        // A zip's storages that lie in the input are its stored records
+        // (zip_archive.cpp checked their local headers); deflated ones were
+        // inflated into owned buffers, legacy ones are not mapped.
+        FileRangePlan ranges = plan_file_ranges(
+            std::move(sources), input, parsed.format == InputFormat::zip, *map_file, owned.limits);
+        sources = std::move(ranges.copied);
+        conversion.mapped_tensors_ = ranges.mapped;
+        conversion.metadata_.emplace(kMetaFileRanges, std::move(ranges.metadata_value));
+    }
+    conversion.layout_ =
+        SafetensorsLayout::plan(std::move(sources), conversion.metadata_, owned.limits);
     check_output_ratio(conversion.output_size(), input.size(), owned.limits);
     return conversion;
 }

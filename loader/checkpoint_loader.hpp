@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "loader/file_ranges.hpp"
 #include "loader/helper_thread.hpp"
 #include "loader/limits.hpp"
 #include "loader/policy.hpp"
@@ -43,9 +44,13 @@ class Conversion {
     // Only tensors `select` matches are written; the object description
     // still describes the whole file. `helper` (optional) takes a share of
     // the reading; the result and every error are the same without it.
+    // `map_file` (optional): a mapped load of the file `input` is the whole
+    // of; tensors the client can map are named in picklejail.file_ranges
+    // instead of written (file_ranges.hpp).
     [[nodiscard]] static Conversion plan(std::span<const std::byte> input, const Policy& policy,
                                          const Limits& limits, const Selection& select = {},
-                                         HelperThread* helper = nullptr);
+                                         HelperThread* helper = nullptr,
+                                         const SourceFileIdentity* map_file = nullptr);
 
     Conversion(Conversion&&) noexcept;
     Conversion& operator=(Conversion&&) noexcept;
@@ -59,6 +64,8 @@ class Conversion {
     }
     [[nodiscard]] const SafetensorsLayout& layout() const noexcept { return layout_; }
     [[nodiscard]] std::uint64_t output_size() const noexcept { return layout_.total_size(); }
+    // Tensors left in the file by a mapped load (not in layout()).
+    [[nodiscard]] std::size_t mapped_tensors() const noexcept { return mapped_tensors_; }
 
     // Writes the complete image; `out` must be output_size() bytes.
     void write(std::span<std::byte> out) const { layout_.write(out); }
@@ -73,6 +80,7 @@ class Conversion {
     std::vector<std::string> globals_;
     std::map<std::string, std::string> metadata_;
     SafetensorsLayout layout_;
+    std::size_t mapped_tensors_ = 0;
 };
 
 }  // namespace picklejail::loader

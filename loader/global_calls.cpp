@@ -1,6 +1,7 @@
 #include "loader/global_calls.hpp"
 
 #include "loader/numpy_values.hpp"
+#include "loader/tensor_kinds.hpp"
 #include "loader/tensor_rebuild.hpp"
 
 namespace picklejail::loader {
@@ -90,6 +91,8 @@ ValuePtr rebuild_from_tensor_args(const GlobalValue& callee, const std::vector<V
 }
 
 ValuePtr as_parameter(const ValuePtr& data, bool requires_grad, CallContext& ctx) {
+    if (const auto* other_kind = data->as<TensorKindValue>())
+        return tensor_kind_as_parameter(*other_kind, requires_grad, ctx);
     const auto* tensor = data->as<TensorValue>();
     if (tensor == nullptr)
         fail_at(ctx, ErrorCode::malformed,
@@ -103,7 +106,8 @@ ValuePtr as_parameter(const ValuePtr& data, bool requires_grad, CallContext& ctx
 
 bool is_tensor_rebuild(Handler handler) {
     return handler == Handler::rebuild_tensor || handler == Handler::rebuild_tensor_v2 ||
-           handler == Handler::rebuild_tensor_v3 || handler == Handler::rebuild_parameter;
+           handler == Handler::rebuild_tensor_v3 || handler == Handler::rebuild_parameter ||
+           handler == Handler::rebuild_parameter_with_state || is_tensor_kind_rebuild(handler);
 }
 
 ValuePtr rebuild_from_type_v2(const GlobalValue& callee, const std::vector<ValuePtr>& a,
@@ -124,8 +128,11 @@ ValuePtr rebuild_from_type_v2(const GlobalValue& callee, const std::vector<Value
         fail_at(ctx, ErrorCode::malformed, callee.name + " args are not a tuple");
     ValuePtr tensor = call_global(*func, a[2], ctx);
     // The state holds the tensor's Python __dict__; weights do not depend on it.
-    if (new_type->handler == Handler::parameter_class && !tensor->as<TensorValue>()->parameter) {
-        return as_parameter(tensor, tensor->as<TensorValue>()->requires_grad, ctx);
+    if (new_type->handler == Handler::parameter_class) {
+        if (const auto* plain = tensor->as<TensorValue>(); plain && !plain->parameter)
+            return as_parameter(tensor, plain->requires_grad, ctx);
+        if (const auto* other = tensor->as<TensorKindValue>(); other && !other->parameter)
+            return as_parameter(tensor, other->requires_grad, ctx);
     }
     return tensor;
 }
@@ -290,17 +297,24 @@ ValuePtr call_global(const GlobalValue& callee, const ValuePtr& args, CallContex
             return numpy_dtype(callee, a, ctx);
         case Handler::numpy_scalar:
             return numpy_scalar(callee, a, ctx);
+        case Handler::rebuild_qtensor:
+        case Handler::rebuild_sparse_tensor:
+        case Handler::rebuild_sparse_csr:
+        case Handler::rebuild_meta_tensor:
+        case Handler::get_layout:
+            return call_tensor_kind(callee, a, ctx);
         case Handler::unsupported_tensor:
-            fail_at(
-                ctx, ErrorCode::unsupported,
-                "unsupported tensor kind: " + callee.name +
-                    " (quantized, sparse, nested, meta and storage-less tensors are not loaded)");
+            fail_at(ctx, ErrorCode::unsupported,
+                    "unsupported tensor kind: " + callee.name +
+                        " (nested, wrapper-subclass and device-numpy tensors are not loaded)");
         case Handler::tensor_class:
         case Handler::parameter_class:
         case Handler::storage_class:
         case Handler::dtype:
         case Handler::default_factory:
         case Handler::numpy_ndarray:
+        case Handler::layout:
+        case Handler::qscheme:
             break;
     }
     fail_at(ctx, ErrorCode::forbidden_global,
@@ -357,7 +371,7 @@ void build(const ValuePtr& target, const ValuePtr& state, CallContext& ctx) {
         record->state = state;
         return;
     }
-    if (target->is<TensorValue>()) {
+    if (target->is<TensorValue>() || target->is<TensorKindValue>()) {
         // Parameter.__setstate__ / tensor __dict__: no effect on the weights.
         if (state->is<DictValue>() || state->is<NoneValue>()) return;
     }

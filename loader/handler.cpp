@@ -6,7 +6,7 @@
 namespace picklejail::loader {
 namespace {
 
-constexpr std::array<std::pair<Handler, std::string_view>, 28> kNames{{
+constexpr std::array<std::pair<Handler, std::string_view>, 35> kNames{{
     {Handler::ordered_dict, "ordered_dict"},
     {Handler::rebuild_tensor, "rebuild_tensor"},
     {Handler::rebuild_tensor_v2, "rebuild_tensor_v2"},
@@ -34,6 +34,13 @@ constexpr std::array<std::pair<Handler, std::string_view>, 28> kNames{{
     {Handler::numpy_ndarray, "numpy_ndarray"},
     {Handler::numpy_dtype, "numpy_dtype"},
     {Handler::numpy_scalar, "numpy_scalar"},
+    {Handler::rebuild_qtensor, "rebuild_qtensor"},
+    {Handler::rebuild_sparse_tensor, "rebuild_sparse_tensor"},
+    {Handler::rebuild_sparse_csr, "rebuild_sparse_csr"},
+    {Handler::rebuild_meta_tensor, "rebuild_meta_tensor"},
+    {Handler::get_layout, "get_layout"},
+    {Handler::layout, "layout"},
+    {Handler::qscheme, "qscheme"},
     {Handler::unsupported_tensor, "unsupported_tensor"},
 }};
 

@@ -27,16 +27,23 @@ enum class Handler : std::uint8_t {
     builtins_frozenset,
     builtins_bytearray,
     builtins_complex,
-    counter,             // collections.Counter
-    default_dict,        // collections.defaultdict (checkpoint policy)
-    default_factory,     // builtins.list/dict/... as a defaultdict factory
-    record_class,        // argparse.Namespace etc.: kept as an inert record
-    torch_version,       // torch.torch_version.TorchVersion (a str)
-    numpy_reconstruct,   // numpy.core.multiarray._reconstruct
-    numpy_ndarray,       // numpy.ndarray
-    numpy_dtype,         // numpy.dtype
-    numpy_scalar,        // numpy.core.multiarray.scalar
-    unsupported_tensor,  // quantized/sparse/nested/meta rebuilds: clear refusal
+    counter,                // collections.Counter
+    default_dict,           // collections.defaultdict (checkpoint policy)
+    default_factory,        // builtins.list/dict/... as a defaultdict factory
+    record_class,           // argparse.Namespace etc.: kept as an inert record
+    torch_version,          // torch.torch_version.TorchVersion (a str)
+    numpy_reconstruct,      // numpy.core.multiarray._reconstruct
+    numpy_ndarray,          // numpy.ndarray
+    numpy_dtype,            // numpy.dtype
+    numpy_scalar,           // numpy.core.multiarray.scalar
+    rebuild_qtensor,        // torch._utils._rebuild_qtensor (loader/tensor_kinds.cpp)
+    rebuild_sparse_tensor,  // torch._utils._rebuild_sparse_tensor
+    rebuild_sparse_csr,     // torch._utils._rebuild_sparse_csr_tensor (torch 1.13)
+    rebuild_meta_tensor,    // torch._utils._rebuild_meta_tensor_no_storage
+    get_layout,             // torch.serialization._get_layout("torch.sparse_coo")
+    layout,                 // torch.sparse_coo ... as a value
+    qscheme,                // torch.per_tensor_affine ... as a value
+    unsupported_tensor,     // nested/wrapper/device-numpy rebuilds: clear refusal (keep last)
 };
 
 [[nodiscard]] std::optional<Handler> handler_from_name(std::string_view name) noexcept;

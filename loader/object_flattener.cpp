@@ -8,6 +8,7 @@
 
 #include "common/error.hpp"
 #include "loader/json_text.hpp"
+#include "loader/tensor_kinds.hpp"
 
 namespace picklejail::loader {
 namespace {
@@ -173,6 +174,8 @@ class Flattener {
             tagged_string("device", dev->spec);
         } else if (const auto* r = value.as<RecordValue>()) {
             record(*r, depth);
+        } else if (const auto* kind = value.as<TensorKindValue>()) {
+            tensor_kind(*kind, depth);
         } else if (const auto* g = value.as<GlobalValue>()) {
             tagged_string("global", g->name);
         } else {
@@ -327,6 +330,28 @@ class Flattener {
             walk(r.state, depth + 1);
         }
         text_.push_back('}');
+    }
+
+    // A sparse, quantized or meta tensor: its own node, whose data tensors are
+    // named under its path ("name.indices", "name.values"; loader/tensor_kinds.hpp).
+    void tensor_kind(const TensorKindValue& t, std::size_t depth) {
+        const bool bare = path_.empty();  // torch.save(sparse): named like a bare tensor
+        if (bare) path_.emplace_back("tensor");
+        check_tensor_kind_data(t, storages_, path_string());
+        tagged_string(tensor_kind_tag(t), tensor_kind_tag_value(t));
+        text_.pop_back();  // reopen the object for the fields
+        append_tensor_kind_fields(text_, t);
+        spend(64 + 24 * (t.shape.size() + t.stride.size()));
+        for (const auto& [name, part] : t.parts) {
+            text_ += ",\"";
+            text_ += name;
+            text_ += "\":";
+            path_.emplace_back(name);
+            walk(part, depth + 1);
+            path_.pop_back();
+        }
+        text_.push_back('}');
+        if (bare) path_.pop_back();
     }
 
     void tensor(const TensorValue& t) {

@@ -1,5 +1,7 @@
 #include "loader/persistent_id.hpp"
 
+#include "loader/tensor_kinds.hpp"
+
 namespace picklejail::loader {
 
 StoragePid parse_storage_pid(const ValuePtr& pid, std::size_t expected_arity,
@@ -25,7 +27,9 @@ StoragePid parse_storage_pid(const ValuePtr& pid, std::size_t expected_arity,
                 "storage type in a persistent id is a " + describe(*items[1]));
     }
     const auto dot = storage_class->name.rfind('.');
-    const auto dtype = dtype_from_storage_class(storage_class->name.substr(dot + 1));
+    const auto class_name = std::string_view(storage_class->name).substr(dot + 1);
+    const auto quantized = quantized_storage_repr(class_name);
+    const auto dtype = quantized ? quantized : dtype_from_storage_class(class_name);
     if (!dtype) {
         fail_at(ctx, ErrorCode::unsupported,
                 "storage class " + storage_class->name + " has no safetensors dtype");
@@ -40,7 +44,8 @@ StoragePid parse_storage_pid(const ValuePtr& pid, std::size_t expected_arity,
         fail_at(ctx, ErrorCode::unsupported,
                 "legacy storage views (pre-0.4 view_metadata) are not supported");
     }
-    return {key->utf8, *dtype, static_cast<std::uint64_t>(*numel), location->utf8};
+    return {key->utf8, *dtype, static_cast<std::uint64_t>(*numel), location->utf8,
+            quantized.has_value()};
 }
 
 }  // namespace picklejail::loader

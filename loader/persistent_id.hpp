@@ -15,6 +15,7 @@ struct StoragePid {
     DType dtype;
     std::uint64_t numel;
     std::string location;
+    bool quantized = false;  // QInt8Storage ...: dtype is the integer representation
 };
 
 [[nodiscard]] StoragePid parse_storage_pid(const ValuePtr& pid, std::size_t expected_arity,

@@ -92,6 +92,29 @@ void swap_bytes(std::span<std::byte> data, std::size_t width) {
     }
 }
 
+namespace {
+
+// Room for the whole header up front: grown by doubling, a header of
+// megabytes (20,000 tensors) would be copied into fresh memory at every
+// step. An over-estimate costs only address space, pages are touched as
+// they are written; an under-estimate one more growth.
+std::size_t header_estimate(const std::vector<TensorSource>& tensors,
+                            const std::map<std::string, std::string>& metadata,
+                            const Limits& limits) {
+    constexpr std::size_t kPerEntry = 96;  // the fixed keys, dtype, a 4-d shape, two offsets
+    std::size_t bytes = 64;
+    for (const auto& [key, value] : metadata) {
+        // JSON inside a JSON string: quotes are escaped, a fifth more is typical.
+        bytes = checked_add(bytes, key.size() + value.size() + value.size() / 4 + 8, "header size");
+    }
+    for (const auto& tensor : tensors) {
+        bytes = checked_add(bytes, tensor.name.size() + kPerEntry, "header size");
+    }
+    return std::min<std::size_t>(bytes, limits.max_header_bytes + 64);
+}
+
+}  // namespace
+
 SafetensorsLayout SafetensorsLayout::plan(std::vector<TensorSource> tensors,
                                           const std::map<std::string, std::string>& metadata,
                                           const Limits& limits, std::size_t alignment) {
@@ -107,7 +130,9 @@ SafetensorsLayout SafetensorsLayout::plan(std::vector<TensorSource> tensors,
         return ra != rb ? ra > rb : a.name < b.name;
     });
     SafetensorsLayout layout;
-    std::string json = "{";
+    std::string json;
+    json.reserve(header_estimate(tensors, metadata, limits));
+    json += "{";
     if (!metadata.empty()) {
         json += "\"__metadata__\":{";
         bool first = true;

@@ -6,7 +6,7 @@
 namespace picklejail::loader {
 
 std::uint32_t StorageTable::declare(const std::string& key, DType dtype, std::uint64_t numel,
-                                    const std::string& location) {
+                                    const std::string& location, bool quantized) {
     const std::uint64_t nbytes = checked_mul(numel, info(dtype).element_size, "storage size");
     if (nbytes > limits_.max_output_bytes) {
         throw Error(ErrorCode::too_large, "storage \"" + key + "\" declares " +
@@ -18,7 +18,7 @@ std::uint32_t StorageTable::declare(const std::string& key, DType dtype, std::ui
         by_key_.try_emplace(key, static_cast<std::uint32_t>(storages_.size()));
     if (!inserted) {
         const Storage& seen = storages_[it->second];
-        if (seen.dtype != dtype || seen.nbytes != nbytes) {
+        if (seen.dtype != dtype || seen.nbytes != nbytes || seen.quantized != quantized) {
             throw Error(ErrorCode::malformed, "storage \"" + key +
                                                   "\" is declared twice with different types (" +
                                                   std::string(info(seen.dtype).torch_name) + " × " +
@@ -33,7 +33,7 @@ std::uint32_t StorageTable::declare(const std::string& key, DType dtype, std::ui
         throw Error(ErrorCode::too_large, "more storages than the tensor limit (" +
                                               std::to_string(limits_.max_tensors) + ")");
     }
-    storages_.push_back(Storage{key, dtype, nbytes, location, {}, false, false});
+    storages_.push_back(Storage{key, dtype, nbytes, location, {}, false, false, quantized});
     return it->second;
 }
 

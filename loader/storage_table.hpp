@@ -26,6 +26,7 @@ struct Storage {
     std::span<const std::byte> bytes;  // bound by the format reader
     bool bound = false;
     bool big_endian = false;  // bytes must be swapped per element when written
+    bool quantized = false;   // QInt8/QUInt8/QInt32Storage: only _rebuild_qtensor may view it
 };
 
 // Lets an unordered_map keyed by std::string be searched with a string_view.
@@ -43,7 +44,7 @@ class StorageTable {
     // Returns the index for `key`, declaring it on first sight; a second
     // declaration with another dtype or size throws `malformed`.
     [[nodiscard]] std::uint32_t declare(const std::string& key, DType dtype, std::uint64_t numel,
-                                        const std::string& location);
+                                        const std::string& location, bool quantized = false);
 
     // Binds the record's bytes; its length must equal the declared size exactly
     // (the CVE-2026-24747 lesson).

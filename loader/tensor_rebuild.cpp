@@ -81,6 +81,12 @@ ValuePtr rebuild_tensor(const TensorArgs& args, CallContext& ctx) {
                 "tensor storage argument is a " + describe(*args.storage) + ", not a storage");
     }
     const Storage& storage = ctx.storages.at(storage_ref->index);
+    if (storage.quantized != args.quantized) {
+        fail_at(ctx, ErrorCode::malformed,
+                "storage \"" + storage.key + "\" is " +
+                    (storage.quantized ? "quantized but viewed by a plain tensor rebuild"
+                                       : "not quantized but viewed by _rebuild_qtensor"));
+    }
     DType dtype = storage.dtype;
     if (args.dtype && *args.dtype != storage.dtype) {
         // v3 views a byte (untyped) storage as its own dtype; a typed storage keeps one dtype.

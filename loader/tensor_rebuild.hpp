@@ -16,6 +16,7 @@ struct TensorArgs {
     std::optional<DType> dtype;  // _rebuild_tensor_v3 passes it; others use the storage's
     bool requires_grad = false;
     ValuePtr metadata;  // v2/v3 optional math-bit dict
+    bool quantized = false;  // _rebuild_qtensor: the storage must be a quantized one
 };
 
 [[nodiscard]] ValuePtr rebuild_tensor(const TensorArgs& args, CallContext& ctx);

@@ -36,6 +36,7 @@ std::string describe(const Value& value) {
         std::string operator()(const DTypeValue&) const { return "dtype"; }
         std::string operator()(const DeviceValue&) const { return "torch.device"; }
         std::string operator()(const RecordValue& r) const { return r.class_name + " object"; }
+        std::string operator()(const TensorKindValue&) const { return "tensor"; }
     };
     return std::visit(Namer{}, value.v);
 }

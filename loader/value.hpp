@@ -94,10 +94,42 @@ struct RecordValue {
     ValuePtr state;
 };
 
+// A tensor that is not one strided view of one storage: sparse (its index
+// and value tensors), quantized (its integers and quantizer) or meta (shape
+// only). Checked and described by loader/tensor_kinds.cpp.
+enum class TensorKind : std::uint8_t {
+    sparse_coo,
+    sparse_csr,
+    sparse_csc,
+    sparse_bsr,
+    sparse_bsc,
+    quantized,
+    meta
+};
+struct TensorKindValue {
+    TensorKind kind = TensorKind::meta;
+    // The data, each a TensorValue: "indices"/"values" (COO),
+    // "compressed_indices"/"plain_indices"/"values" (compressed layouts),
+    // "int_repr" and, per channel, "scales"/"zero_points" (quantized).
+    std::vector<std::pair<std::string, ValuePtr>> parts;
+    std::vector<std::uint64_t> shape;   // the tensor's size
+    std::vector<std::uint64_t> stride;  // meta only
+    DType dtype = DType::float32;       // meta only
+    std::optional<bool> coalesced;      // COO, when the pickle says (torch >= 2.1)
+    std::string qtype;                  // "qint8", "quint8", "qint32"
+    bool per_channel = false;
+    double scale = 0;  // per tensor
+    std::int64_t zero_point = 0;
+    std::int64_t axis = 0;  // per channel
+    bool requires_grad = false;
+    bool parameter = false;
+    std::uint32_t id = 0;
+};
+
 using ValueVariant =
     std::variant<NoneValue, BoolValue, IntValue, BigIntValue, FloatValue, ComplexValue, StringValue,
                  BytesValue, ListValue, TupleValue, SetValue, DictValue, GlobalValue, StorageValue,
-                 TensorValue, DTypeValue, DeviceValue, RecordValue>;
+                 TensorValue, DTypeValue, DeviceValue, RecordValue, TensorKindValue>;
 
 struct Value {
     ValueVariant v;

@@ -159,6 +159,19 @@ void check_end_record(void* handle, std::span<const std::byte> bytes) {
     }
 }
 
+// The entry count the end record claims, as a capacity to reserve: grown by
+// doubling, the directory of a 20,000-tensor checkpoint was copied into fresh
+// memory at every step. Hostile, so bounded by what the file can hold (a
+// central directory entry takes at least 46 bytes) and by max_zip_entries;
+// the walk itself still counts and checks every entry.
+std::size_t claimed_entries(void* handle, std::size_t file_bytes, const Limits& limits) {
+    constexpr std::size_t kMinDirectoryEntry = 46;
+    unz_global_info64 global{};
+    if (unzGetGlobalInfo64(static_cast<unzFile>(handle), &global) != UNZ_OK) return 0;
+    return static_cast<std::size_t>(std::min<std::uint64_t>(
+        {global.number_entry, file_bytes / kMinDirectoryEntry, limits.max_zip_entries}));
+}
+
 }  // namespace
 
 bool looks_like_zip(std::span<const std::byte> bytes) noexcept {
@@ -246,6 +259,7 @@ ZipEntry ZipArchive::current_entry(std::vector<char>& name) const {
 void ZipArchive::read_directory() {
     auto* zip = static_cast<unzFile>(handle_);
     std::vector<char> name(65536 + 1);
+    entries_.reserve(claimed_entries(zip, bytes_.size(), limits_));
     for (int rc = unzGoToFirstFile(zip); rc != UNZ_END_OF_LIST_OF_FILE; rc = unzGoToNextFile(zip)) {
         if (rc != UNZ_OK)
             bad_zip("central directory is corrupt (minizip error " + std::to_string(rc) + ")");

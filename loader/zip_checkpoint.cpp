@@ -60,7 +60,8 @@ DeclaredStorage declare_storage(const ValuePtr& pid, CallContext& c) {
     const StoragePid storage = parse_storage_pid(pid, 5, c);
     const std::size_t known = c.storages.all().size();
     const std::uint32_t index =
-        c.storages.declare(storage.key, storage.dtype, storage.numel, storage.location);
+        c.storages.declare(storage.key, storage.dtype, storage.numel, storage.location,
+                           storage.quantized);
     return {index, index == known};
 }
 

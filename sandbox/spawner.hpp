@@ -29,6 +29,7 @@ struct SpawnOptions {
     std::string policy_json;          // self-contained policy text
     std::string limits_json;          // optional loader limit overrides
     std::vector<std::string> select;  // tensor names or prefixes; empty: all
+    bool map_file = false;            // layout only for stored records (loader/file_ranges.hpp)
     std::chrono::milliseconds deadline{60'000};
     std::uint64_t memory_bytes = 0;           // RLIMIT_AS; 0: 2 × input + 1 GiB
     std::uint64_t output_bytes = 1ULL << 40;  // RLIMIT_FSIZE on the output
@@ -49,6 +50,8 @@ struct JobResult {
     std::uint64_t tensor_count = 0;
     std::string source_format;  // zip, legacy or pickle (from the checked image)
     std::uint64_t peak_rss_kib = 0;
+    // Pages the worker faulted in (its fresh memory, mostly).
+    std::uint64_t minor_faults = 0;
     bool isolated = false;        // new namespaces (and, as root, the uid switch)
     bool user_namespace = false;  // isolated in a user namespace, keeping the caller's uid
     pid_t pid = 0;                // for diagnostics and tests (already reaped)

@@ -2,6 +2,7 @@
 // checkpoint, fd 4 the output, fd 5 the result pipe. It confines itself
 // completely before it reads a single byte of the checkpoint, converts it,
 // writes the safetensors image to fd 4 and one result record to fd 5.
+#include <sys/stat.h>
 #include <unistd.h>
 
 #ifdef PICKLEJAIL_WITH_MIMALLOC
@@ -51,6 +52,7 @@ struct WorkerArgs {
     std::string limits_json;
     std::string select_json;
     std::string selftest;
+    bool map_file = false;  // a mapped load: leave stored records in the file
     sandbox::ConfineOptions confine;
 };
 
@@ -74,6 +76,7 @@ WorkerArgs parse_args(int argc, char** argv) {
     args.limits_json = flags["--limits-json"];
     args.select_json = flags["--select-json"];
     args.selftest = flags["--selftest"];
+    args.map_file = flags.count("--map-file") != 0 && flags["--map-file"] == "1";
     auto& c = args.confine;
     if (flags.count("--parent"))
         c.expected_parent = static_cast<pid_t>(parse_number(flags["--parent"], "--parent"));
@@ -111,6 +114,19 @@ loader::Selection parse_selection(const std::string& json_text) {
         select.entries.push_back(entry.get<std::string>());
     }
     return select;
+}
+
+// What the client's fstat must still show when it maps the file (taken
+// before confinement: the filter refuses fstat).
+loader::SourceFileIdentity input_identity() {
+    struct stat st {};
+    if (::fstat(sandbox::kInputFd, &st) != 0)
+        throw Error(ErrorCode::io_error, "cannot stat input: " + std::string(std::strerror(errno)));
+    constexpr std::int64_t kNs = 1'000'000'000;
+    return {static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino),
+            static_cast<std::uint64_t>(st.st_size),
+            static_cast<std::int64_t>(st.st_mtim.tv_sec) * kNs + st.st_mtim.tv_nsec,
+            static_cast<std::int64_t>(st.st_ctim.tv_sec) * kNs + st.st_ctim.tv_nsec};
 }
 
 void send_result(const ipc::ResultRecord& record) {
@@ -155,18 +171,22 @@ void start_copy_thread(std::optional<sandbox::CopyThread>& helper) {
     // Mapping is not reading: the pages are touched only after confinement.
     const auto input_size = ipc::regular_file_size(sandbox::kInputFd, "input");
     const auto input = ipc::map_read_only(sandbox::kInputFd, input_size, "input");
+    std::optional<loader::SourceFileIdentity> identity;
+    if (args.map_file) identity = input_identity();
     // Started before confinement, which it shares (copy_thread.hpp); only an
     // input big enough to have a big copy or a long zip directory gets one.
     const bool big_copy = input_size >= kCopyThreadMinInput;
     if (input_size >= kDirectoryThreadMinInput) start_copy_thread(helper);
     confine(args, filter);
 
-    const auto conversion = loader::Conversion::plan(input.bytes(), policy, limits, select,
-                                                     helper ? &*helper : nullptr);
+    const auto conversion =
+        loader::Conversion::plan(input.bytes(), policy, limits, select, helper ? &*helper : nullptr,
+                                 identity ? &*identity : nullptr);
     (void)sandbox::write_image(conversion, sandbox::kInputFd, input.bytes(), sandbox::kOutputFd,
                                big_copy && helper ? &*helper : nullptr);
-    send_result(ipc::make_result(ErrorCode::ok, "", conversion.output_size(),
-                                 conversion.layout().tensors().size()));
+    send_result(
+        ipc::make_result(ErrorCode::ok, "", conversion.output_size(),
+                         conversion.layout().tensors().size() + conversion.mapped_tensors()));
     // Done: the kernel frees the address space at once, where destroying the
     // conversion would free its object graph one allocation at a time (a
     // tenth of the job for a file of many small tensors) before the caller
@@ -211,7 +231,8 @@ void silence_allocator() {
     mi_register_output([](const char*, void*) {}, nullptr);
     // The default handler may abort(); returning lets malloc return null.
     mi_register_error([](int, void*) {}, nullptr);
-    mi_option_set(mi_option_large_os_pages, 0);
+    // Huge pages for the heap come from the environment the spawner gives
+    // (MIMALLOC_LARGE_OS_PAGES): set here, they would miss the first segments.
 #endif
 }
 

@@ -63,7 +63,7 @@ void write_all(int fd, std::span<const std::byte> bytes) {
 }
 
 LoadOptions load_options(const CommonOptions& common) {
-    return LoadOptions{common.policy, common.select};
+    return LoadOptions{common.policy, common.select, common.map_file};
 }
 
 }  // namespace

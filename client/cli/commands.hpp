@@ -17,6 +17,7 @@ struct CommonOptions {
     int input_fd = -1;                // read the checkpoint from this inherited fd instead
     std::string socket;               // picklejaild socket; empty: $PICKLEJAIL_SOCKET or default
     bool local = false;               // never use the daemon
+    bool map_file = false;            // convert --mmap: layout only for stored records
 };
 
 struct ConvertOptions {

@@ -54,6 +54,10 @@ int run(int argc, char** argv) {
                      "write the image into this inherited fd (a memfd is sealed)")
         ->excludes(convert_cmd->get_option("output"));
     convert_cmd->add_flag("--json", convert.json, "print a JSON summary");
+    convert_cmd->add_flag("--mmap", common.map_file,
+                          "layout only: tensors stored uncompressed in the input are named by "
+                          "their byte range in it (picklejail.file_ranges) instead of copied, "
+                          "for a client that maps the same file");
     add_common(convert_cmd);
 
     InspectOptions inspect;

@@ -29,6 +29,7 @@ sandbox::JobResult convert_in_sandbox(const CommonOptions& common, const std::st
     options.deadline = std::chrono::seconds(common.deadline_seconds);
     options.memory_bytes = common.memory_bytes;
     options.select = common.select;
+    options.map_file = common.map_file;
     const auto input_fd = common.input_fd >= 0 ? ipc::UniqueFd() : ipc::open_read_only(input);
     auto result = sandbox::run_worker(common.input_fd >= 0 ? common.input_fd : input_fd.get(),
                                       output_fd, options);

@@ -711,9 +711,9 @@ def persistent_ids():
         "persistent_id", "malformed", "storage type in a persistent id",
         what="storage type is an allowed non-storage global")
     add("pid_storage_class_quantized.pt",
-        pid_zip(storage_pid("0", 4, cls="QInt8Storage"), {"0": b"\0" * 4}),
+        pid_zip(storage_pid("0", 4, cls="QUInt4x2Storage"), {"0": b"\0" * 4}),
         "persistent_id", "unsupported", "no safetensors dtype",
-        what="quantized storage class")
+        what="packed 4-bit quantized storage class")
     add("pid_negative_numel.pt", pid_zip(storage_pid("0", -1)), "persistent_id", "malformed",
         "wrong types", what="numel -1")
     add("pid_int_key.pt",
@@ -1048,10 +1048,12 @@ def type_confusion():
         "type_confusion", "unsupported", "latin1", what="_codecs.encode with another codec")
     add("tc_quantized_rebuild.pt",
         one_tensor_zip(call(glob("torch._utils", "_rebuild_qtensor"), storage_pid("0", 6)), rec),
-        "type_confusion", "unsupported", "unsupported tensor kind", what="quantized tensor")
+        "type_confusion", "malformed", "called with 1 arguments",
+        what="quantized tensor rebuild with only a storage")
     add("tc_sparse_rebuild.pt",
         one_tensor_zip(call(glob("torch._utils", "_rebuild_sparse_tensor"), NONE, NONE), {}),
-        "type_confusion", "unsupported", "unsupported tensor kind", what="sparse tensor")
+        "type_confusion", "unsupported", "sparse layout None",
+        what="sparse tensor rebuild whose layout is None")
     add("tc_tensor_under_tuple_key.pt",
         one_tensor_zip(dct([(tup(integer(1)), t)]), rec), "type_confusion", "unsupported",
         "cannot name it", what="tensor stored under a tuple key")

@@ -58,7 +58,7 @@ def test_inspect_through_the_daemon(picklejail_bin, daemon):
 
 
 def test_errors_say_which_mode_failed(picklejail_bin, daemon, tmp_path):
-    src = FIXTURES / "torch-2.11" / "quantized.pt"
+    src = FIXTURES / "torch-2.11" / "torchscript.pt"
     res = run(picklejail_bin, "convert", src, tmp_path / "q.st", "--socket", daemon.socket_path)
     assert res.returncode == 1 and f"unsupported: daemon {daemon.socket_path}" in res.stderr
     res = run(picklejail_bin, "convert", src, tmp_path / "q.st", "--local")

@@ -118,6 +118,37 @@ TEST_CASE("the C++ client follows aliases of tied weights") {
     }
 }
 
+TEST_CASE("the C++ client's mapped load views the checkpoint file itself") {
+    DaemonProcess daemon;
+    Client client(daemon.socket());
+    const auto ckpt = kFixtures / "torch-2.11" / "views.pt";
+    const auto copied = client.load(ckpt, {"checkpoint", {}});
+    const auto mapped = client.load(ckpt, {"checkpoint", {}, true});
+    REQUIRE_FALSE(mapped.file_bytes().empty());
+    CHECK(mapped.bytes().size() < copied.bytes().size());  // layout only for the mapped ones
+    REQUIRE(mapped.tensors().size() == copied.tensors().size());
+    std::size_t in_file = 0;
+    const auto file = mapped.file_bytes();
+    for (const auto& t : copied.tensors()) {
+        INFO(t.name);
+        const auto* m = mapped.find(t.name);
+        REQUIRE(m != nullptr);
+        CHECK(m->dtype == t.dtype);
+        CHECK(m->shape == t.shape);
+        CHECK(std::equal(m->bytes.begin(), m->bytes.end(), t.bytes.begin(), t.bytes.end()));
+        if (m->mapped_from_file) {
+            ++in_file;
+            CHECK(m->bytes.data() >= file.data());
+            CHECK(m->bytes.data() + m->bytes.size() <= file.data() + file.size());
+        }
+    }
+    CHECK(in_file > 0);
+    for (const auto& [key, stored] : mapped.metadata()) {  // aliases reach mapped tensors too
+        if (key.starts_with("picklejail.") || key == "format") continue;
+        CHECK(mapped.find(key) != nullptr);
+    }
+}
+
 TEST_CASE("the C++ client throws the protocol's error codes") {
     DaemonProcess daemon;
     Client client(daemon.socket());
@@ -129,7 +160,7 @@ TEST_CASE("the C++ client throws the protocol's error codes") {
             CHECK(e.code() == code);
         }
     };
-    expect_code([&] { (void)client.load(kFixtures / "torch-2.11" / "quantized.pt"); },
+    expect_code([&] { (void)client.load(kFixtures / "torch-2.11" / "torchscript.pt"); },
                 ErrorCode::unsupported);
     expect_code([&] { (void)client.load(kFixtures / "torch-2.11" / "argparse_namespace.pt"); },
                 ErrorCode::forbidden_global);

@@ -16,7 +16,7 @@ CachedImage image_of(std::uint64_t size) {
 }
 
 CacheKey key_for(std::uint64_t inode, std::uint64_t generation, std::int64_t mtime = 1) {
-    return {FileIdentity{1, inode, 10, mtime, 1}, "weights", generation, {}};
+    return {FileIdentity{1, inode, 10, mtime, 1}, "weights", generation, {}, false};
 }
 
 }  // namespace

@@ -242,7 +242,8 @@ TEST_CASE("policy: weights and checkpoint decisions") {
         {"torch", "bfloat16", "dtype", "dtype"},
         {"torch", "Size", "torch_size", "torch_size"},
         {"_codecs", "encode", "codecs_encode", "codecs_encode"},
-        {"torch._utils", "_rebuild_qtensor", "unsupported_tensor", "unsupported_tensor"},
+        {"torch._utils", "_rebuild_qtensor", "rebuild_qtensor", "rebuild_qtensor"},
+        {"torch._utils", "_rebuild_nested_tensor", "unsupported_tensor", "unsupported_tensor"},
         // Training-checkpoint data: checkpoint only.
         {"argparse", "Namespace", "", "record"},
         {"numpy.core.multiarray", "_reconstruct", "", "numpy_reconstruct"},

@@ -122,7 +122,7 @@ TEST_CASE("in-flight: a conversion that cannot start leaves nothing for later re
     Fixture f;
     WorkerPool pool(f.io, f.compute, {1, 8, 8});
     InFlightConversions in_flight;
-    const CacheKey key{FileIdentity{1, 2, 3, 4, 5}, "weights", 1, {}};
+    const CacheKey key{FileIdentity{1, 2, 3, 4, 5}, "weights", 1, {}, false};
     // Refused outright (busy): the error goes to the caller, nothing stays registered.
     const auto refuse = [](const Job::Done&) -> std::shared_ptr<Job> {
         throw Error(ErrorCode::busy, "full");
@@ -149,7 +149,7 @@ TEST_CASE("in-flight: the worker is killed when every recipient has left", "[dae
     Fixture f;
     WorkerPool pool(f.io, f.compute, {1, 8, 8});
     InFlightConversions in_flight;
-    const CacheKey key{FileIdentity{1, 2, 3, 4, 5}, "weights", 1, {}};
+    const CacheKey key{FileIdentity{1, 2, 3, 4, 5}, "weights", 1, {}, false};
     int delivered = 0;
     const auto submit = [&pool](Job::Done done) {
         return pool.submit(1, empty_input(), spin_options(std::chrono::seconds(30)),

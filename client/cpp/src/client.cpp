@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 
 #include <cerrno>
@@ -11,6 +12,7 @@
 
 #include "ipc/fd_passing.hpp"
 #include "ipc/file_mapping.hpp"
+#include "ipc/file_ranges_check.hpp"
 #include "ipc/line_framer.hpp"
 #include "ipc/memfd.hpp"
 #include "ipc/protocol.hpp"
@@ -43,6 +45,7 @@ nlohmann::json load_request(const char* op, const LoadOptions& options) {
     nlohmann::json request{{"op", op}, {"transport", "memfd"}};
     if (!options.policy.empty()) request["policy"] = options.policy;
     if (!options.select.empty()) request["select"] = options.select;
+    if (options.mmap) request["mmap"] = true;
     return request;
 }
 
@@ -52,6 +55,7 @@ nlohmann::json load_request(const char* op, const LoadOptions& options) {
 
 struct LoadedImage::Impl {  // NOLINT(bugprone-exception-escape): empty members never throw
     ipc::Mapping mapping;
+    ipc::Mapping file_mapping;  // mmap: the checkpoint itself
     std::vector<TensorView> tensors;
     std::map<std::string, std::string> metadata;
     nlohmann::json reply;
@@ -70,6 +74,9 @@ const std::map<std::string, std::string>& LoadedImage::metadata() const noexcept
 }
 std::span<const std::byte> LoadedImage::bytes() const noexcept {
     return impl_->mapping.bytes();
+}
+std::span<const std::byte> LoadedImage::file_bytes() const noexcept {
+    return impl_->file_mapping.bytes();
 }
 const nlohmann::json& LoadedImage::reply() const noexcept {
     return impl_->reply;
@@ -91,7 +98,7 @@ namespace {
 
 // The daemon is trusted to be the daemon, not to be bug-free: check the
 // seals and the whole header before exposing a single byte.
-LoadedImage map_image(ipc::UniqueFd fd, nlohmann::json reply) {
+std::unique_ptr<LoadedImage::Impl> map_image(ipc::UniqueFd fd, nlohmann::json reply) {
     if (!reply.contains("size") || !reply["size"].is_number_unsigned())
         throw Error(ErrorCode::malformed, "daemon reply has no size");
     const auto size = reply["size"].get<std::uint64_t>();
@@ -110,7 +117,34 @@ LoadedImage map_image(ipc::UniqueFd fd, nlohmann::json reply) {
     }
     impl->metadata = std::move(index.metadata);
     impl->reply = std::move(reply);
-    return LoadedImage(std::move(impl));
+    return impl;
+}
+
+// mmap: the image names the file's own byte ranges; map `checkpoint_fd` (the
+// fd that was sent) once it is shown to be the file the worker checked.
+void add_file_tensors(LoadedImage::Impl& impl, int checkpoint_fd) {
+    const auto text = impl.metadata.find(ipc::kFileRangesKey);
+    if (text == impl.metadata.end())
+        throw Error(ErrorCode::malformed, "a mapped load's image has no file ranges");
+    const auto ranges = ipc::parse_file_ranges(text->second);
+    for (const auto& range : ranges.tensors) {
+        for (const auto& t : impl.tensors) {
+            if (t.name == range.name)
+                throw Error(ErrorCode::malformed,
+                            "tensor \"" + range.name + "\" is both in the image and mapped");
+        }
+    }
+    struct stat st {};
+    if (::fstat(checkpoint_fd, &st) != 0) io_fail("cannot stat the checkpoint");
+    ipc::check_same_file(ranges, st);
+    if (ranges.tensors.empty()) return;
+    impl.file_mapping = ipc::map_read_only(checkpoint_fd, ranges.size, "checkpoint");
+    const auto file = impl.file_mapping.bytes();
+    for (const auto& range : ranges.tensors) {
+        impl.tensors.push_back(TensorView{range.name, range.dtype, range.shape,
+                                          file.subspan(range.begin, range.end - range.begin),
+                                          true});
+    }
 }
 
 }  // namespace
@@ -180,11 +214,13 @@ std::string Client::ping() {
 }
 
 LoadedImage Client::load(const std::filesystem::path& path, const LoadOptions& options) {
+    // A mapped load maps the file it sent: opened here, with our credentials.
+    if (options.mmap) return load_fd(ipc::open_read_only(path.string()).get(), options);
     auto request = load_request("load", options);
     request["path"] = std::filesystem::absolute(path).string();
     auto [reply, fds] = connection_->call(request);
     if (fds.size() != 1) throw Error(ErrorCode::malformed, "the reply carried no memfd");
-    return map_image(std::move(fds.front()), std::move(reply));
+    return LoadedImage(map_image(std::move(fds.front()), std::move(reply)));
 }
 
 LoadedImage Client::load_fd(int fd, const LoadOptions& options) {
@@ -192,7 +228,9 @@ LoadedImage Client::load_fd(int fd, const LoadOptions& options) {
     request["fd"] = true;
     auto [reply, fds] = connection_->call(request, fd);
     if (fds.size() != 1) throw Error(ErrorCode::malformed, "the reply carried no memfd");
-    return map_image(std::move(fds.front()), std::move(reply));
+    auto impl = map_image(std::move(fds.front()), std::move(reply));
+    if (options.mmap) add_file_tensors(*impl, fd);
+    return LoadedImage(std::move(impl));
 }
 
 nlohmann::json Client::inspect_fd(int fd, const LoadOptions& options) {

@@ -15,6 +15,7 @@ from .backends import make_builder
 from .errors import Unavailable, failing_as
 from .image import parse_image
 from .local import LocalSandbox, find_executable
+from .mapped import MappedFileBuilder, map_checked_file, source_for_mapping
 from .rebuild import rebuild
 from .source import open_source
 from .transport import TRANSPORTS, DaemonConnection, Unreachable, socket_path
@@ -69,8 +70,36 @@ def _fetch_image(f, *, policy, socket, select, transport, timeout=None):
     return _dispatch(f, socket, daemon, local, timeout)
 
 
+def _fetch_mapped(f, *, policy, socket, select, transport, timeout=None):
+    """(image, its mode, mapping of the checkpoint or None) for mmap=True.
+
+    The fd the worker reads is the fd mapped here, after the image is checked.
+    """
+    def daemon(connection, source):
+        with source_for_mapping(source) as held:
+            buffer, _ = connection.load(held, policy=policy, select=select,
+                                        transport=transport, mmap=True)
+            return _checked_with_file(buffer, held, select, connection.mode)
+
+    def local(sandbox, source):
+        with source_for_mapping(source) as held:
+            buffer, _ = sandbox.load(held, policy=policy, select=select, mmap=True)
+            return _checked_with_file(buffer, held, select, sandbox.mode("convert"))
+
+    return _dispatch(f, socket, daemon, local, timeout)
+
+
+def _checked_with_file(buffer, source, select, mode):
+    with failing_as(f"client, image from {mode}"), _collector_paused():
+        image = parse_image(buffer, len(buffer), select=select)
+        file_map = None
+        if image.file_identity is not None and image.file_tensors:
+            file_map = map_checked_file(source.fd, image.file_identity)
+    return image, mode, file_map
+
+
 def load(f, map_location=None, *, policy=None, socket=None, backend="torch", select=None,
-         transport="memfd", timeout=None):
+         transport="memfd", timeout=None, mmap=False):
     """Load a checkpoint the way `torch.load(f, weights_only=True)` does, without unpickling it.
 
     f: a path (str / os.PathLike) or a binary file object.
@@ -89,6 +118,10 @@ def load(f, map_location=None, *, policy=None, socket=None, backend="torch", sel
         each read of the reply); None waits, bounded by the daemon's own
         per-request deadline. Past it, Timeout is raised. The local sandbox
         path is bounded by the worker's deadline instead.
+    mmap: as torch.load(mmap=True): tensors stored uncompressed in a zip checkpoint
+        are copy-on-write views of the file's own pages (MAP_PRIVATE), nothing
+        copied; the rest is copied as usual. A file changed in place afterwards
+        changes the values; one truncated raises SIGBUS on access (mapped.py).
 
     Raises a PicklejailError subclass (ForbiddenGlobal, Malformed, ...) on failure.
     """
@@ -96,6 +129,11 @@ def load(f, map_location=None, *, policy=None, socket=None, backend="torch", sel
         raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
     builder = make_builder(backend, map_location)  # fail on a bad argument before any work
     select = _select_list(select)
+    if mmap:
+        image, mode, file_map = _fetch_mapped(f, policy=policy, socket=socket, select=select,
+                                              transport=transport, timeout=timeout)
+        with failing_as(f"client, image from {mode}"), _collector_paused():
+            return rebuild(image, MappedFileBuilder(builder, file_map))
     buffer, mode = _fetch_image(f, policy=policy, socket=socket, select=select, transport=transport,
                                 timeout=timeout)
     with failing_as(f"client, image from {mode}"):

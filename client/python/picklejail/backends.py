@@ -94,6 +94,12 @@ class TorchBuilder:
                               "image is little-endian; use backend='numpy' on this host")
         self._torch = torch
         self._placement = Placement(torch, map_location)
+        self.cuda_loader = None  # a cuda.CudaLoader; None: the process's shared one
+
+    @property
+    def torch(self):
+        """The torch module (tensor_kinds.py builds sparse/quantized/meta tensors with it)."""
+        return self._torch
 
     def _torch_dtype(self, entry):
         dtype = getattr(self._torch, entry.dtype.torch_name, None)
@@ -123,11 +129,22 @@ class TorchBuilder:
         moving = {saved for saved in set(devices.values()) | {"cpu"}
                   if self._placement.target(saved).type != "cpu"}
         if moving:
+            out.update(self._to_cuda(image, devices, moving))
             for name in out:
                 saved = devices.get(name, "cpu")
-                if saved in moving:
+                if saved in moving and self._placement.target(saved).type != "cuda":
                     out[name] = self._placement.move(out[name], saved)
         return out
+
+    def _to_cuda(self, image, devices, moving):
+        """Tensors whose target is a CUDA device: one allocation per device (cuda.py)."""
+        targets = {saved: str(self._placement.target(saved)) for saved in moving
+                   if self._placement.target(saved).type == "cuda"}
+        if not targets:
+            return {}
+        from . import cuda  # only loads that ask for a CUDA device pay for importing it
+        loader = self.cuda_loader or cuda.shared_loader(self._torch)
+        return loader.place(image, lambda entry: targets.get(devices.get(entry.name, "cpu"), "cpu"))
 
     def _build_run(self, image, base, dtype, run, out):
         """Tensors for consecutive entries of one dtype: one typed view of their bytes, split."""

@@ -9,10 +9,11 @@ of bounds.
 """
 
 import json
+import re
 import struct
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .dtypes import COMPLEX128, DTYPES, STORED_AS
@@ -74,6 +75,10 @@ class Image:
     tensor_ids: dict       # description "id" -> stored name (tensors this image holds)
     devices: dict          # stored name -> device it was saved on ("cpu" unless described)
     source_format: Optional[str]
+    # mmap=True (mapped.py): tensors left in the checkpoint file, also in `tensors`,
+    # whose begin/end are offsets in that file; and what the worker saw of it.
+    file_tensors: dict = field(default_factory=dict)
+    file_identity: Optional[dict] = None
 
 
 @contextmanager
@@ -137,6 +142,12 @@ def matches_select(name, select):
 
 
 def _read_header(buffer, size):
+    """(the parsed header object, where the data section starts)."""
+    text, data_offset = _header_text(buffer, size)
+    return _parse_header(text), data_offset
+
+
+def _header_text(buffer, size):
     if size < 8:
         _fail(f"image of {size} bytes is shorter than the 8-byte header length")
     (length,) = struct.unpack_from("<Q", buffer, 0)
@@ -148,10 +159,79 @@ def _read_header(buffer, size):
         text = str(memoryview(buffer)[8:8 + length], "utf-8")  # no intermediate copy
     except UnicodeDecodeError as error:
         _fail(f"header is not UTF-8: {error}")
+    return text, 8 + length
+
+
+def _parse_header(text):
     header = strict_json(text, "the header", unique_keys=False)
     if not isinstance(header, dict):
         _fail("header is not a JSON object")
-    return header, 8 + length
+    return header
+
+
+# The header as picklejail's writer lays it out (docs/output-format.md): compact
+# JSON, __metadata__ first, then entries {"dtype", "shape", "data_offsets"} in
+# that order, then spaces. Matched entry by entry, it gives TensorEntries
+# without a dict and two lists per tensor first: for 20,000 tensors that
+# transient tree was ~3,300 freshly touched pages of the client's ~8,900. Any
+# header this does not match exactly, or whose values fail a check, takes the
+# general path (json.loads), which accepts the same headers and says what is
+# wrong with the others.
+_METADATA_START = '{"__metadata__":'
+_NUMBER = r"(?:0|[1-9][0-9]{0,17})"  # below 2**63: what the general path's checks allow
+_ENTRY = re.compile(r',"((?:[^"\\\x00-\x1f]|\\.)*)":\{"dtype":"([A-Z0-9_]{1,16})",'
+                    r'"shape":\[((?:' + _NUMBER + ",)*" + _NUMBER + r')?\],'
+                    r'"data_offsets":\[(' + _NUMBER + "),(" + _NUMBER + r")\]\}")
+_TRAILER = re.compile(r"\}[ \t\n\r]*")
+
+
+def _writer_layout_entries(text, data_size):
+    """(metadata, tensors, tiled) as parse_image's general path gives them, or None."""
+    if not text.startswith(_METADATA_START):
+        return None
+    try:
+        metadata, position = _METADATA_DECODER.raw_decode(text, len(_METADATA_START))
+    except ValueError:
+        return None
+    if type(metadata) is not dict:
+        return None
+    entries, dtypes, match = {}, DTYPES, _ENTRY.match
+    offset, tiled, count = 0, True, 0
+    while True:
+        found = match(text, position)
+        if found is None:
+            break
+        name, dtype, shape, begin, end = found.groups()
+        if "\\" in name:
+            try:
+                name = json.loads(f'"{name}"')
+            except ValueError:
+                return None
+        dtype = dtypes.get(dtype)
+        shape = tuple(map(int, shape.split(","))) if shape else ()
+        begin, end = int(begin), int(end)
+        numel = 1
+        for d in shape:
+            numel *= d
+        if dtype is None or name == "__metadata__" or not begin <= end <= data_size or \
+                end - begin != numel * dtype.size:
+            return None
+        if begin != offset:
+            tiled = False
+        offset = end
+        entries[name] = TensorEntry(name, dtype, shape, begin, end, numel)
+        position = found.end()
+        count += 1
+    if _TRAILER.fullmatch(text, position) is None or count != len(entries):
+        return None  # (a repeated name: the general path finds the hole it leaves)
+    return metadata, entries, tiled and offset == data_size
+
+
+def _reject_constant_in_metadata(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+_METADATA_DECODER = json.JSONDecoder(parse_constant=_reject_constant_in_metadata)
 
 
 _ENTRY_KEYS = frozenset(("dtype", "shape", "data_offsets"))
@@ -396,17 +476,39 @@ def parse_image(buffer, size, *, select=None):
     `select` is the list sent with the request: tensors outside it may be missing.
     Raises Malformed on any inconsistency.
     """
-    header, data_offset = _read_header(buffer, size)
+    text, data_offset = _header_text(buffer, size)
     data_size = size - data_offset
-    metadata = header.pop("__metadata__", {})
-    tensors, tiled = _tensor_entries(header, data_size)
+    known = _writer_layout_entries(text, data_size)
+    if known is not None:
+        metadata, tensors, tiled = known
+    else:
+        header = _parse_header(text)
+        metadata = header.pop("__metadata__", {})
+        tensors, tiled = _tensor_entries(header, data_size)
+        del header
+    del text  # the header's second copy, freed before anything is built
+    file_identity, file_tensors = _file_ranges(metadata, tensors)
+    tensors.update(file_tensors)
     aliases = _split_metadata(metadata, tensors)
     _apply_complex128(metadata, tensors)
-    in_data_order = _data_order(tensors, data_size, tiled)
+    if file_tensors:
+        file_tensors = {name: tensors[name] for name in file_tensors}  # complex128 applied
+        own = {n: e for n, e in tensors.items() if n not in file_tensors}
+        in_data_order = _data_order(own, data_size, tiled)
+    else:
+        in_data_order = _data_order(tensors, data_size, tiled)
     if META_OBJECT not in metadata:
         _fail(f"__metadata__ has no {META_OBJECT} description")
     description = strict_json(metadata[META_OBJECT], META_OBJECT, unique_keys=False)
     tensor_ids, devices = _index_description(description, tensors, aliases, select)
     return Image(buffer=buffer, data_offset=data_offset, data_size=data_size, tensors=tensors,
                  in_data_order=in_data_order, aliases=aliases, metadata=metadata, description=description,
-                 tensor_ids=tensor_ids, devices=devices, source_format=metadata.get(META_SOURCE))
+                 tensor_ids=tensor_ids, devices=devices, source_format=metadata.get(META_SOURCE),
+                 file_tensors=file_tensors, file_identity=file_identity)
+
+
+def _file_ranges(metadata, tensors):
+    if not isinstance(metadata, dict) or "picklejail.file_ranges" not in metadata:
+        return None, {}
+    from .mapped import file_range_entries  # only mmap=True images have ranges
+    return file_range_entries(metadata, tensors)

@@ -87,11 +87,16 @@ class LocalSandbox:
                            mode=self.mode("convert")) from None
         return summary
 
-    def load(self, source, *, policy=None, select=None):
-        """Convert into a memfd; returns (the checked mapping, the command's JSON summary)."""
+    def load(self, source, *, policy=None, select=None, mmap=False):
+        """Convert into a memfd; returns (the checked mapping, the command's JSON summary).
+
+        mmap: the layout-only image of a mapped load (`convert --mmap`, mapped.py).
+        """
         image = os.memfd_create("picklejail-image", os.MFD_ALLOW_SEALING | os.MFD_CLOEXEC)
         try:
             options = ["--json", f"--output-fd={image}", *self._options(policy, select)]
+            if mmap:
+                options.append("--mmap")
             summary = self._summary(self._run("convert", source, [], options, pass_fds=[image]))
             with failing_as(self.mode("convert")):
                 return map_sealed_memfd(image, summary.get("size")), summary

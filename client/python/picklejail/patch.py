@@ -18,7 +18,7 @@ import warnings
 
 from .api import load
 
-_IGNORED_WITHOUT_WARNING = {"weights_only", "mmap", "encoding"}
+_IGNORED_WITHOUT_WARNING = {"weights_only", "encoding"}
 
 
 def _picklejail_torch_load(options, original):
@@ -26,7 +26,7 @@ def _picklejail_torch_load(options, original):
     def torch_load(f, map_location=None, pickle_module=None, *, weights_only=None, mmap=None,
                    **pickle_load_args):
         # weights_only: picklejail never runs pickle code, whatever the value.
-        # mmap: the image is already mapped, copy-on-write.
+        # mmap: honoured, as picklejail.load(mmap=True) (tensors are views of the file).
         # encoding and other unpickler arguments: the restricted VM decodes
         # Python 2 strings itself; a custom pickle_module cannot be honoured
         # because nothing is unpickled in this process.
@@ -37,7 +37,7 @@ def _picklejail_torch_load(options, original):
         if unknown:
             warnings.warn(f"picklejail: torch.load arguments {sorted(unknown)} are ignored",
                           RuntimeWarning, stacklevel=2)
-        return load(f, map_location, **options)
+        return load(f, map_location, mmap=bool(mmap), **options)
 
     torch_load.picklejail_patch = True
     return torch_load
@@ -99,8 +99,8 @@ def patch_torch_load(*, policy=None, socket=None, select=None, timeout=None):
     """Make torch.load use picklejail.load (with these options) until undone.
 
     Returns a handle: use it as a context manager, or call it to undo.
-    torch.load's own arguments are mapped: map_location is honoured;
-    weights_only, mmap and pickle_module do not apply and are ignored.
+    torch.load's own arguments are mapped: map_location and mmap are honoured;
+    weights_only and pickle_module do not apply and are ignored.
     """
     options = {"policy": policy, "socket": socket, "select": select, "timeout": timeout}
     return TorchLoadPatch(options)

@@ -11,6 +11,7 @@ import base64
 import collections
 import math
 
+from . import tensor_kinds
 from .errors import Malformed
 from .image import recursion_room, tensor_dict_entries
 
@@ -64,6 +65,10 @@ class GlobalRef:
 
 # A tensor that `select` left out: dropped from mappings, None in sequences.
 _UNSELECTED = object()
+
+
+class _LeftOut(Exception):
+    """A sparse/quantized tensor's data tensor was left out by `select`."""
 
 # Factories a defaultdict may name (the checkpoint policy's builtins.*), if the
 # description says which; the default is no factory.
@@ -282,6 +287,38 @@ class _Rebuilder:
         self._by_id[ident] = value
         return value
 
+    def _tensor_kind(self, node, make):
+        """A sparse/quantized/meta node (tensor_kinds.py), one object per id like tensors."""
+        ident = node.get("id")
+        if isinstance(ident, bool) or not isinstance(ident, int):
+            _fail("tensor node without an int id")
+        if ident not in self._by_id:
+            def part(key):
+                data = node.get(key)
+                if not isinstance(data, dict) or "tensor" not in data:
+                    _fail(f"tensor node's {key} is not a tensor node")
+                value = self._tensor(data["tensor"], data)
+                if value is _UNSELECTED:
+                    raise _LeftOut
+                return value
+
+            try:
+                self._by_id[ident] = make(part)
+            except _LeftOut:  # `select` left out its data: the tensor is left out too
+                self._by_id[ident] = _UNSELECTED
+        return self._by_id[ident]
+
+    def _sparse(self, layout, node):
+        return self._tensor_kind(
+            node, lambda part: tensor_kinds.sparse(part, self._builder, layout, node))
+
+    def _quantized(self, qtype, node):
+        return self._tensor_kind(
+            node, lambda part: tensor_kinds.quantized(part, self._builder, qtype, node))
+
+    def _meta_tensor(self, dtype, node):
+        return self._tensor_kind(node, lambda part: tensor_kinds.meta(self._builder, dtype, node))
+
     def _record(self, cls, node):
         if not isinstance(cls, str):
             _fail("object node does not name its class")
@@ -301,7 +338,9 @@ class _Rebuilder:
 # reference cycle, which only the cyclic GC (paused while loading) could free,
 # keeping the whole image alive until it ran.
 _TAGS = (
-    ("tensor", _Rebuilder._tensor), ("odict_of_tensors", _Rebuilder._odict_of_tensors),
+    ("tensor", _Rebuilder._tensor), ("sparse", _Rebuilder._sparse),
+    ("quantized", _Rebuilder._quantized), ("meta_tensor", _Rebuilder._meta_tensor),
+    ("odict_of_tensors", _Rebuilder._odict_of_tensors),
     ("dict_of_tensors", _Rebuilder._dict_of_tensors), ("object", _Rebuilder._record),
     ("odict", _Rebuilder._odict), ("dict", _Rebuilder._dict),
     ("defaultdict", _Rebuilder._defaultdict), ("counter", _Rebuilder._counter),

@@ -266,12 +266,17 @@ class DaemonConnection:
             reply = self._ok(self._job("inspect", policy, select), fd=fd)
         return {k: v for k, v in reply.items() if k not in ("ok", "id")}
 
-    def load(self, source, *, policy=None, select=None, transport="memfd"):
-        """Returns (private mapping of the image, reply); the image is not parsed yet."""
+    def load(self, source, *, policy=None, select=None, transport="memfd", mmap=False):
+        """Returns (private mapping of the image, reply); the image is not parsed yet.
+
+        mmap: ask for the layout-only image of a mapped load (mapped.py).
+        """
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
         fields = self._job("load", policy, select)
         fields["transport"] = transport
+        if mmap:
+            fields["mmap"] = True
         with self._input_fd(source) as fd:
             reply, fds = self.request(fields, fd=fd)
         try:

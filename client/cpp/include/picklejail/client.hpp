@@ -28,6 +28,7 @@ struct TensorView {
     std::string dtype;  // safetensors dtype: "F32", "BF16", ...
     std::vector<std::uint64_t> shape;
     std::span<const std::byte> bytes;  // C-contiguous little-endian, inside the mapping
+    bool mapped_from_file = false;     // mmap: a view of the checkpoint file itself
 };
 
 // A loaded image. Owns the read-only mapping; every span points into it and
@@ -44,7 +45,11 @@ class LoadedImage {
     // __metadata__: "format", "picklejail.*" keys, and alias → stored name.
     [[nodiscard]] const std::map<std::string, std::string>& metadata() const noexcept;
     // The whole safetensors image (write it to a file to get a .safetensors).
+    // With LoadOptions::mmap it is layout only: the mapped tensors are not in it.
     [[nodiscard]] std::span<const std::byte> bytes() const noexcept;
+    // mmap: the private read-only mapping of the checkpoint the mapped
+    // tensors point into (empty otherwise).
+    [[nodiscard]] std::span<const std::byte> file_bytes() const noexcept;
     // What the daemon said: "format", "tensors", "policy", "cached", ...
     [[nodiscard]] const nlohmann::json& reply() const noexcept;
 
@@ -58,6 +63,11 @@ class LoadedImage {
 struct LoadOptions {
     std::string policy;               // empty: the daemon's default ("weights")
     std::vector<std::string> select;  // tensor names or prefixes; empty: all
+    // As torch.load(mmap=True): tensors stored uncompressed in a zip checkpoint
+    // are views of this process's own private read-only mapping of the file
+    // (nothing copied); the rest come from the image. A file changed in place
+    // afterwards changes the values; one truncated raises SIGBUS on access.
+    bool mmap = false;
 };
 
 // One connection to picklejaild; requests run one at a time. Not thread-safe:
