@@ -27,6 +27,37 @@ constexpr std::array<std::pair<std::string_view, std::string_view>, 3> kModuleRe
     {"torch.tensor", "torch._tensor"},
 }};
 
+std::vector<std::string> refused_names(const json& list, const char* what) {
+    if (!list.is_array()) bad_policy(std::string("\"refused\".") + what + " must be an array");
+    std::vector<std::string> names;
+    for (const auto& entry : list) {
+        if (!entry.is_string() || entry.get<std::string>().empty())
+            bad_policy(std::string("\"refused\".") + what + " holds a non-name");
+        const auto name = entry.get<std::string>();
+        if (name.find('*') != std::string::npos || name.front() == '.' || name.back() == '.')
+            bad_policy("refused entry \"" + name + "\" is not a dotted name");
+        names.push_back(name);
+    }
+    return names;
+}
+
+// "inert" and "refused" are inherited from the base and may only be widened:
+// a policy that extends inert cannot take a refusal back.
+void read_inert_fields(const json& doc, bool& inert, std::vector<std::string>& refused) {
+    if (doc.contains("inert")) {
+        if (!doc["inert"].is_boolean()) bad_policy("\"inert\" must be a boolean");
+        if (!doc["inert"].get<bool>() && inert) bad_policy("\"inert\" cannot be turned off");
+        inert = doc["inert"].get<bool>();
+    }
+    if (!doc.contains("refused")) return;
+    const auto& section = doc["refused"];
+    if (!section.is_object()) bad_policy("\"refused\" must be an object");
+    for (const auto& [key, list] : section.items()) {
+        if (key != "modules" && key != "globals") bad_policy("unknown \"refused\" key " + key);
+        for (auto& name : refused_names(list, key.c_str())) refused.push_back(std::move(name));
+    }
+}
+
 }  // namespace
 
 std::string canonical_global_name(std::string_view module, std::string_view name) {
@@ -52,6 +83,8 @@ Policy Policy::from_json(std::string_view json_text, const Policy* base) {
     if (base != nullptr) {
         policy.globals_ = base->globals_;
         policy.numpy_arrays_as_tensors_ = base->numpy_arrays_as_tensors_;
+        policy.inert_ = base->inert_;
+        policy.refused_ = base->refused_;
     } else if (doc.contains("extends")) {
         bad_policy("\"extends\" given but the base policy was not supplied");
     }
@@ -69,6 +102,7 @@ Policy Policy::from_json(std::string_view json_text, const Policy* base) {
         }
         policy.globals_[global] = *handler;
     }
+    read_inert_fields(doc, policy.inert_, policy.refused_);
     if (doc.contains("numpy_arrays_as_tensors")) {
         if (!doc["numpy_arrays_as_tensors"].is_boolean()) {
             bad_policy("\"numpy_arrays_as_tensors\" must be a boolean");
@@ -76,6 +110,16 @@ Policy Policy::from_json(std::string_view json_text, const Policy* base) {
         policy.numpy_arrays_as_tensors_ = doc["numpy_arrays_as_tensors"].get<bool>();
     }
     return policy;
+}
+
+std::optional<std::string> Policy::refusal(std::string_view full_name) const {
+    for (const auto& prefix : refused_) {
+        if (full_name.starts_with(prefix) &&
+            (full_name.size() == prefix.size() || full_name[prefix.size()] == '.')) {
+            return prefix;
+        }
+    }
+    return std::nullopt;
 }
 
 std::optional<Handler> Policy::resolve(std::string_view module, std::string_view name) const {

@@ -88,10 +88,27 @@ struct DeviceValue {
     std::string spec;
 };
 // An allowed non-tensor class instance kept as data: {class, args, state}.
+// Under the inert policy it may also hold NEWOBJ_EX keyword arguments and the
+// items a dict or list subclass pickles after itself (SETITEMS/APPENDS).
 struct RecordValue {
     std::string class_name;
     ValuePtr args;
     ValuePtr state;
+    ValuePtr kwargs;                                          // a DictValue, or null
+    std::vector<std::pair<ValuePtr, ValuePtr>> dict_items;  // insertion order
+    std::vector<ValuePtr> list_items;
+
+    [[nodiscard]] static RecordValue of(std::string class_name, ValuePtr args) {
+        RecordValue record;
+        record.class_name = std::move(class_name);
+        record.args = std::move(args);
+        return record;
+    }
+};
+// getattr(record, "name"): a bound method kept as data. Calling it is refused.
+struct MethodValue {
+    ValuePtr self;
+    std::string name;
 };
 
 // A tensor that is not one strided view of one storage: sparse (its index
@@ -129,7 +146,7 @@ struct TensorKindValue {
 using ValueVariant =
     std::variant<NoneValue, BoolValue, IntValue, BigIntValue, FloatValue, ComplexValue, StringValue,
                  BytesValue, ListValue, TupleValue, SetValue, DictValue, GlobalValue, StorageValue,
-                 TensorValue, DTypeValue, DeviceValue, RecordValue, TensorKindValue>;
+                 TensorValue, DTypeValue, DeviceValue, RecordValue, TensorKindValue, MethodValue>;
 
 struct Value {
     ValueVariant v;
