@@ -4,6 +4,7 @@
 #include <cmath>
 #include <optional>
 #include <tuple>
+#include <utility>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -73,18 +74,53 @@ bool is_module_container_key(const Value& key) {
            (text->utf8 == "_parameters" || text->utf8 == "_buffers" || text->utf8 == "_modules");
 }
 
-bool is_module_state(const Value& state) {
-    const auto* dict = state.as<DictValue>();
-    if (dict == nullptr) return false;
-    int found = 0;
-    for (const auto& [key, value] : dict->items) found += is_module_container_key(*key) ? 1 : 0;
-    return found == 3;
+bool has_key(const DictValue& dict, std::string_view wanted) {
+    return std::any_of(dict.items.begin(), dict.items.end(), [wanted](const auto& item) {
+        const auto* text = item.first->template as<StringValue>();
+        return text != nullptr && text->utf8 == wanted;
+    });
 }
+
+const Value* item_of(const DictValue& dict, std::string_view wanted) {
+    for (const auto& [key, value] : dict.items) {
+        const auto* text = key->as<StringValue>();
+        if (text != nullptr && text->utf8 == wanted) return value.get();
+    }
+    return nullptr;
+}
+
+// The pickled torch.nn.Module whose __dict__ is being written: its tensors
+// are named as module.state_dict() names them, except the buffers it keeps out
+// of state_dict(), which keep "_buffers" in their names.
+struct ModuleScope {
+    const DictValue* state = nullptr;    // the module's __dict__
+    const DictValue* buffers = nullptr;  // its _buffers, when some are non-persistent
+    std::unordered_set<std::string> non_persistent;
+
+    static ModuleScope of(const Value& state) {
+        ModuleScope scope;
+        const auto* dict = state.as<DictValue>();
+        if (dict == nullptr || !has_key(*dict, "_parameters") || !has_key(*dict, "_buffers") ||
+            !has_key(*dict, "_modules")) {
+            return scope;
+        }
+        scope.state = dict;
+        const Value* names = item_of(*dict, "_non_persistent_buffers_set");
+        const auto* set = names != nullptr ? names->as<SetValue>() : nullptr;
+        if (set == nullptr) return scope;
+        for (const auto& name : set->items) {
+            if (const auto* text = name->as<StringValue>()) scope.non_persistent.insert(text->utf8);
+        }
+        if (!scope.non_persistent.empty())
+            scope.buffers = item_of(*dict, "_buffers")->as<DictValue>();
+        return scope;
+    }
+};
 
 class Flattener {
   public:
-    Flattener(const Limits& limits, const StorageTable& storages)
-        : limits_(limits), storages_(storages) {}
+    Flattener(const Limits& limits, const StorageTable& storages, KeyNaming key_naming)
+        : limits_(limits), storages_(storages), key_naming_(key_naming) {}
 
     FlattenedObject run(const ValuePtr& root) {
         FlattenedObject out;
@@ -327,9 +363,12 @@ class Flattener {
     }
 
     void dict(const DictValue& d, std::size_t depth) {
-        if (holds_plain_tensors(d)) return tensor_dict(d, depth);
+        const bool module_buffers = &d == module_.buffers;
+        if (!module_buffers && holds_plain_tensors(d)) return tensor_dict(d, depth);
         open_tagged(dict_tag(d.kind));
-        pairs(d.items, depth, &d == module_state_);
+        pairs(d.items, depth,
+              &d == module_.state ? Pairs::module_dict
+                                  : (module_buffers ? Pairs::module_buffers : Pairs::plain));
         if (!d.factory.empty()) {
             text_ += ",\"factory\":";
             append_json_string(text_, d.factory);
@@ -338,26 +377,42 @@ class Flattener {
         text_.push_back('}');
     }
 
+    enum class Pairs : std::uint8_t { plain, module_dict, module_buffers };
+
     // [[key, value], ...]; in a module's __dict__ the _parameters, _buffers and
     // _modules keys are left out of tensor names, as state_dict() leaves them.
     void pairs(const std::vector<std::pair<ValuePtr, ValuePtr>>& entries, std::size_t depth,
-               bool module_dict) {
+               Pairs kind) {
         text_.push_back('[');
-        bool first = true;
+        std::size_t index = 0;
         for (const auto& [key, value] : entries) {
-            text_ += first ? "[" : ",[";
-            first = false;
+            text_ += index == 0 ? "[" : ",[";
+            auto component = key_component(*key);
+            const bool positional = !component && key_naming_ == KeyNaming::positional;
+            if (positional) component = "#" + std::to_string(index);
+            if (positional) path_.emplace_back(component);
+            if (positional) path_.emplace_back("key");
             walk(key, depth + 1);
+            if (positional) path_.erase(path_.end() - 2, path_.end());
             text_.push_back(',');
-            // nullopt: a key that cannot name a tensor
-            path_.push_back(module_dict && is_module_container_key(*key)
-                                ? PathPart::skip()
-                                : PathPart(key_component(*key)));
+            path_.push_back(item_part(kind, *key, std::move(component)));
             walk(value, depth + 1);
             path_.pop_back();
             text_.push_back(']');
+            ++index;
         }
         text_.push_back(']');
+    }
+
+    // nullopt: a key that cannot name a tensor.
+    [[nodiscard]] PathPart item_part(Pairs kind, const Value& key,
+                                     std::optional<std::string> component) const {
+        if (kind == Pairs::module_dict && is_module_container_key(key)) return PathPart::skip();
+        if (kind == Pairs::module_buffers && component &&
+            module_.non_persistent.contains(*component)) {
+            return PathPart("_buffers." + *component);
+        }
+        return component;
     }
 
     void attributes(const DictValue& d, std::size_t depth) {
@@ -453,14 +508,13 @@ class Flattener {
         }
         if (r.state) {
             text_ += ",\"state\":";
-            const DictValue* outer = module_state_;
-            module_state_ = is_module_state(*r.state) ? r.state->as<DictValue>() : nullptr;
+            ModuleScope outer = std::exchange(module_, ModuleScope::of(*r.state));
             walk(r.state, depth + 1);
-            module_state_ = outer;
+            module_ = std::move(outer);
         }
         if (!r.dict_items.empty()) {
             text_ += ",\"dictitems\":";
-            pairs(r.dict_items, depth, false);
+            pairs(r.dict_items, depth, Pairs::plain);
         }
         if (!r.list_items.empty()) {
             text_ += ",\"listitems\":";
@@ -637,7 +691,8 @@ class Flattener {
     std::unordered_set<const Value*> on_path_;  // shared containers being written
     std::unordered_set<const Value*> shared_;   // containers reached more than once
     std::unordered_map<const Value*, std::int64_t> shared_ids_;
-    const DictValue* module_state_ = nullptr;  // the module __dict__ being written, if any
+    KeyNaming key_naming_;
+    ModuleScope module_;  // the module whose __dict__ is being written, if any
     std::vector<Occurrence> occurrences_;
     std::string text_;  // the description's JSON text, as it is written
 };
@@ -645,8 +700,8 @@ class Flattener {
 }  // namespace
 
 FlattenedObject flatten_object(const ValuePtr& root, const Limits& limits,
-                               const StorageTable& storages) {
-    return Flattener(limits, storages).run(root);
+                               const StorageTable& storages, KeyNaming key_naming) {
+    return Flattener(limits, storages, key_naming).run(root);
 }
 
 }  // namespace picklejail::loader

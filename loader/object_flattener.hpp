@@ -26,8 +26,15 @@ struct FlattenedObject {
     std::string description;                     // JSON text (docs/output-format.md)
 };
 
+// How a tensor under a dict key that cannot name it (a tuple, a tensor, a
+// record) is treated: `strict` refuses it (unsupported); `positional` (the
+// inert policy, whose optimizers key their state by Parameter) names it by the
+// item's position, `path.#i`, and a tensor in the key itself `path.#i.key`.
+enum class KeyNaming : std::uint8_t { strict, positional };
+
 // `storages` gives each tensor's saved location ("cuda:0"), for the description.
 [[nodiscard]] FlattenedObject flatten_object(const ValuePtr& root, const Limits& limits,
-                                             const StorageTable& storages);
+                                             const StorageTable& storages,
+                                             KeyNaming key_naming = KeyNaming::strict);
 
 }  // namespace picklejail::loader

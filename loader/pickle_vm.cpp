@@ -686,11 +686,12 @@ void PickleVm::op_text_unicode(std::string_view text) {
 }
 
 void PickleVm::op_global(std::string_view module, std::string_view name) {
-    const std::string full = canonical_global_name(module, name);
+    const CanonicalGlobal canonical = canonical_global(module, name);
+    const std::string full = canonical.full();
     if (std::find(info_.globals.begin(), info_.globals.end(), full) == info_.globals.end()) {
         info_.globals.push_back(full);
     }
-    if (ctx_.policy.inert()) check_reference_name(full, full.size() - name.size(), ctx_);
+    if (ctx_.policy.inert()) check_reference_name(full, canonical.module.size() + 1, ctx_);
     auto handler = ctx_.policy.resolve(module, name);
     if (!handler && ctx_.policy.inert()) handler = Handler::reference;
     if (!handler) {
@@ -700,7 +701,7 @@ void PickleVm::op_global(std::string_view module, std::string_view name) {
     }
     if (*handler == Handler::dtype) {
         // torch.float32 and friends are values (the v3 dtype argument), not callables.
-        const auto dtype = dtype_from_torch_name(name);
+        const auto dtype = dtype_from_torch_name(canonical.name);
         if (!dtype)
             fail(ErrorCode::unsupported, "dtype " + full + " has no safetensors equivalent");
         push(ctx_.arena.make(DTypeValue{*dtype}));

@@ -21,10 +21,48 @@ json parse_policy_json(std::string_view text) {
     return doc;
 }
 
-constexpr std::array<std::pair<std::string_view, std::string_view>, 3> kModuleRenames{{
+// pickle's _compat_pickle.IMPORT_MAPPING (the modules a refusal could be
+// dodged through, or that real checkpoints name) and torch's own rename.
+constexpr std::array<std::pair<std::string_view, std::string_view>, 15> kModuleRenames{{
     {"__builtin__", "builtins"},
     {"copy_reg", "copyreg"},
+    {"cPickle", "pickle"},
+    {"exceptions", "builtins"},
+    {"commands", "subprocess"},
+    {"thread", "_thread"},
+    {"Queue", "queue"},
+    {"repr", "reprlib"},
+    {"cStringIO", "io"},
+    {"StringIO", "io"},
+    {"UserDict", "collections"},
+    {"UserList", "collections"},
+    {"UserString", "collections"},
+    {"urllib2", "urllib.request"},
     {"torch.tensor", "torch._tensor"},
+}};
+
+struct NameRename {
+    std::string_view module, name, to_module, to_name;
+};
+
+// _compat_pickle.NAME_MAPPING: Python 2 names whose Python 3 home differs.
+// Python 3's `int` is pickled for protocol 2 as `__builtin__.long`.
+constexpr std::array<NameRename, 15> kNameRenames{{
+    {"__builtin__", "xrange", "builtins", "range"},
+    {"__builtin__", "reduce", "functools", "reduce"},
+    {"__builtin__", "intern", "sys", "intern"},
+    {"__builtin__", "unichr", "builtins", "chr"},
+    {"__builtin__", "unicode", "builtins", "str"},
+    {"__builtin__", "long", "builtins", "int"},
+    {"__builtin__", "basestring", "builtins", "str"},
+    {"__builtin__", "raw_input", "builtins", "input"},
+    {"itertools", "izip", "builtins", "zip"},
+    {"itertools", "imap", "builtins", "map"},
+    {"itertools", "ifilter", "builtins", "filter"},
+    {"itertools", "ifilterfalse", "itertools", "filterfalse"},
+    {"itertools", "izip_longest", "itertools", "zip_longest"},
+    {"UserDict", "IterableUserDict", "collections", "UserDict"},
+    {"_socket", "fromfd", "socket", "fromfd"},
 }};
 
 std::vector<std::string> refused_names(const json& list, const char* what) {
@@ -60,14 +98,19 @@ void read_inert_fields(const json& doc, bool& inert, std::vector<std::string>& r
 
 }  // namespace
 
-std::string canonical_global_name(std::string_view module, std::string_view name) {
+CanonicalGlobal canonical_global(std::string_view module, std::string_view name) {
+    for (const auto& rename : kNameRenames) {
+        if (module == rename.module && name == rename.name)
+            return {std::string(rename.to_module), std::string(rename.to_name)};
+    }
     for (const auto& [from, to] : kModuleRenames) {
         if (module == from) module = to;
     }
-    std::string out;
-    out.reserve(module.size() + 1 + name.size());
-    out.append(module).append(".").append(name);
-    return out;
+    return {std::string(module), std::string(name)};
+}
+
+std::string canonical_global_name(std::string_view module, std::string_view name) {
+    return canonical_global(module, name).full();
 }
 
 std::optional<std::string> Policy::extends_of(std::string_view json_text) {

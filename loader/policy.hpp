@@ -51,7 +51,18 @@ class Policy {
     std::vector<std::string> refused_;  // "refused": modules and globals, as dotted prefixes
 };
 
-// "module.name" after the legacy module renames.
+// A global as Python 3 resolves it: Python 2 names (`__builtin__.long`,
+// `cPickle.loads`) mapped as pickle's _compat_pickle maps them, and torch's
+// own module renames.
+struct CanonicalGlobal {
+    std::string module;
+    std::string name;
+
+    [[nodiscard]] std::string full() const { return module + "." + name; }
+};
+[[nodiscard]] CanonicalGlobal canonical_global(std::string_view module, std::string_view name);
+
+// canonical_global(module, name).full(): "module.name".
 [[nodiscard]] std::string canonical_global_name(std::string_view module, std::string_view name);
 
 }  // namespace picklejail::loader

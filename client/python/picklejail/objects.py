@@ -105,6 +105,23 @@ class Method:
         return f"picklejail.Method({self.name!r}, of={type(self.obj).__name__})"
 
 
+class ArrayKey:
+    """A tensor used as a dict key, as the numpy backend gives it back.
+
+    A torch optimizer pickled whole keys its `state` by Parameter; torch tensors
+    hash by identity, numpy arrays not at all. `array` is the ndarray; keys are
+    equal only to themselves, as the tensors were.
+    """
+
+    __slots__ = ("array",)
+
+    def __init__(self, array):
+        self.array = array
+
+    def __repr__(self):
+        return f"picklejail.ArrayKey(shape={tuple(self.array.shape)}, dtype={self.array.dtype})"
+
+
 def _module_dict(record):
     state = record.state if isinstance(record, Record) else None
     if not (isinstance(state, dict) and {"_parameters", "_buffers", "_modules"} <= state.keys()):

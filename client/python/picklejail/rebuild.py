@@ -13,7 +13,7 @@ import math
 
 from . import tensor_kinds
 from .errors import Malformed
-from .objects import Global, Method, Record
+from .objects import ArrayKey, Global, Method, Record
 from .image import recursion_room, tensor_dict_entries
 
 
@@ -92,6 +92,8 @@ class _Rebuilder:
             key, value = pair
             if type(key) is not str:
                 key = self.value(key)
+                if type(key).__name__ == "ndarray" and type(key).__module__ == "numpy":
+                    key = ArrayKey(key)  # a Parameter key (optimizer state) under numpy
                 try:
                     hash(key)
                 except TypeError:
@@ -352,6 +354,10 @@ class _Rebuilder:
             if _namespace_node(inner["object"], inner):
                 return argparse.Namespace(), lambda obj: self._fill_namespace(obj, inner)
             return Record(inner["object"]), lambda obj: self._fill_record(obj, inner)
+        if "method" in inner and isinstance(inner["method"], str):
+            # A scheduler's bound method whose owner holds it: the owner refers back.
+            return (Method(inner["method"], None),
+                    lambda obj: setattr(obj, "obj", self.value(inner.get("self"))))
         for tag, make in _MAPPING_SHELLS:
             if tag in inner:
                 if tag == "defaultdict":
