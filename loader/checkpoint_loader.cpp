@@ -169,7 +169,7 @@ Conversion Conversion::plan(std::span<const std::byte> input, const Policy& poli
     const Parsed parsed = parse_input(input, ctx);
     owned.root = parsed.read.root;
     owned.flat = flatten_object(parsed.read.root, owned.limits, owned.storages,
-                                policy.inert() ? KeyNaming::positional : KeyNaming::strict);
+                                policy.inert() ? ObjectShape::graph : ObjectShape::tree);
     FlattenedObject& flat = owned.flat;
     apply_selection(flat, select);
     conversion.format_ = parsed.format;

@@ -119,12 +119,12 @@ struct ModuleScope {
 
 class Flattener {
   public:
-    Flattener(const Limits& limits, const StorageTable& storages, KeyNaming key_naming)
-        : limits_(limits), storages_(storages), key_naming_(key_naming) {}
+    Flattener(const Limits& limits, const StorageTable& storages, ObjectShape shape)
+        : limits_(limits), storages_(storages), shape_(shape) {}
 
     FlattenedObject run(const ValuePtr& root) {
         FlattenedObject out;
-        find_shared(root);
+        if (shape_ == ObjectShape::graph) find_shared(root);
         walk(root, 0);
         out.description = std::move(text_);
         assign_names(out);
@@ -158,6 +158,7 @@ class Flattener {
     // rebuilt (docs/output-format.md).
     void walk(const ValuePtr& value, std::size_t depth) {
         enter(depth);
+        if (shape_ == ObjectShape::tree) return walk_tree(value, depth);
         const Value* node = value.get();
         if (!is_container(*value) || !shared_.contains(node)) return visit(*value, depth);
         if (const auto known = shared_ids_.find(node); known != shared_ids_.end()) {
@@ -180,6 +181,43 @@ class Flattener {
         visit(*value, depth);
         on_path_.erase(node);
         text_.push_back('}');
+    }
+
+    // The tree shape: what is reached twice is written twice (the visit and
+    // header limits bound a memo-multiplied graph); a cycle is malformed.
+    void walk_tree(const ValuePtr& value, std::size_t depth) {
+        // Only a container can lead back to itself; leaves skip the bookkeeping.
+        const bool container = is_container(*value);
+        if (container && !on_path_.insert(value.get()).second) {
+            throw Error(ErrorCode::malformed,
+                        "the object contains itself (a reference cycle at " + path_string() + ")");
+        }
+        visit(*value, depth);
+        if (container) on_path_.erase(value.get());
+    }
+
+    // Python could not have built it, and a set or dict that holds itself
+    // would otherwise reach clients as a cycle: list, dict and set values (or
+    // tuples holding them) as keys or set items are malformed. Iterative: a
+    // key can be a deep tuple.
+    void check_hashable(const Value& key, std::string_view what) const {
+        std::vector<const Value*> pending{&key};
+        while (!pending.empty()) {
+            const Value* value = pending.back();
+            pending.pop_back();
+            const auto* set = value->as<SetValue>();
+            if (value->is<ListValue>() || value->is<DictValue>() ||
+                (set != nullptr && !set->frozen)) {
+                throw Error(ErrorCode::malformed, "unhashable " + std::string(what) + " (a " +
+                                                      describe(*value) + ") at " + path_string());
+            }
+            if (const auto* tuple = value->as<TupleValue>()) {
+                for (const auto& item : tuple->items) pending.push_back(item.get());
+            }
+            if (set != nullptr) {
+                for (const auto& item : set->items) pending.push_back(item.get());
+            }
+        }
     }
 
     static bool is_immutable(const Value& value) {
@@ -302,6 +340,9 @@ class Flattener {
             sequence(t->items, depth);
             text_.push_back('}');
         } else if (const auto* set = value.as<SetValue>()) {
+            if (shape_ == ObjectShape::graph) {
+                for (const auto& item : set->items) check_hashable(*item, "set item");
+            }
             open_tagged(set->frozen ? "frozenset" : "set");
             sequence(set->items, depth);
             text_.push_back('}');
@@ -388,7 +429,8 @@ class Flattener {
         for (const auto& [key, value] : entries) {
             text_ += index == 0 ? "[" : ",[";
             auto component = key_component(*key);
-            const bool positional = !component && key_naming_ == KeyNaming::positional;
+            const bool positional = !component && shape_ == ObjectShape::graph;
+            if (positional) check_hashable(*key, "dict key");
             if (positional) component = "#" + std::to_string(index);
             if (positional) path_.emplace_back(component);
             if (positional) path_.emplace_back("key");
@@ -691,7 +733,7 @@ class Flattener {
     std::unordered_set<const Value*> on_path_;  // shared containers being written
     std::unordered_set<const Value*> shared_;   // containers reached more than once
     std::unordered_map<const Value*, std::int64_t> shared_ids_;
-    KeyNaming key_naming_;
+    ObjectShape shape_;
     ModuleScope module_;  // the module whose __dict__ is being written, if any
     std::vector<Occurrence> occurrences_;
     std::string text_;  // the description's JSON text, as it is written
@@ -700,8 +742,8 @@ class Flattener {
 }  // namespace
 
 FlattenedObject flatten_object(const ValuePtr& root, const Limits& limits,
-                               const StorageTable& storages, KeyNaming key_naming) {
-    return Flattener(limits, storages, key_naming).run(root);
+                               const StorageTable& storages, ObjectShape shape) {
+    return Flattener(limits, storages, shape).run(root);
 }
 
 }  // namespace picklejail::loader
