@@ -1,9 +1,9 @@
 #include "ipc/image_summary.hpp"
 
 #include <charconv>
-#include <set>
 #include <string_view>
-#include <vector>
+
+#include "ipc/object_names.hpp"
 
 namespace picklejail::ipc {
 namespace {
@@ -11,34 +11,6 @@ namespace {
 std::string metadata_value(const SafetensorsIndex& index, std::string_view key) {
     const auto it = index.metadata.find(std::string(key));
     return it == index.metadata.end() ? std::string() : it->second;
-}
-
-struct ObjectNames {
-    std::set<std::string> records;     // {"object": "module.qualname", ...}
-    std::set<std::string> references;  // {"global": "module.qualname"}
-};
-
-// The record classes and references a description names. Iterative: the
-// description is the worker's output, and its depth is not ours to trust.
-ObjectNames object_names(const std::string& description) {
-    ObjectNames names;
-    const auto root = nlohmann::json::parse(description, nullptr, /*allow_exceptions=*/false);
-    if (root.is_discarded()) return names;
-    std::vector<const nlohmann::json*> pending{&root};
-    while (!pending.empty()) {
-        const nlohmann::json& node = *pending.back();
-        pending.pop_back();
-        if (node.is_object()) {
-            if (const auto it = node.find("object"); it != node.end() && it->is_string())
-                names.records.insert(it->get<std::string>());
-            if (const auto it = node.find("global"); it != node.end() && it->is_string())
-                names.references.insert(it->get<std::string>());
-        }
-        if (node.is_structured()) {
-            for (const auto& child : node) pending.push_back(&child);
-        }
-    }
-    return names;
 }
 
 }  // namespace

@@ -1,5 +1,9 @@
 #include "loader/inert_objects.hpp"
 
+#include <algorithm>
+
+#include "loader/pickle_vm.hpp"
+
 namespace picklejail::loader {
 namespace {
 
@@ -20,6 +24,19 @@ bool has_dunder_attribute(std::string_view qualname) {
 }
 
 }  // namespace
+
+void check_name_text(std::string_view text, bool dots, std::string_view what,
+                     const CallContext& ctx) {
+    const bool clean = std::none_of(text.begin(), text.end(), [dots](char ch) {
+        const auto c = static_cast<unsigned char>(ch);
+        return c <= 0x20 || c == 0x7f || (!dots && c == '.');
+    });
+    if (text.empty() || !clean || !is_valid_utf8(text)) {
+        fail_at(ctx, ErrorCode::malformed,
+                std::string(what) + " is not a name (empty, not UTF-8, or holding " +
+                    (dots ? "" : "a dot, ") + "whitespace or control characters)");
+    }
+}
 
 void check_reference_name(std::string_view full_name, std::size_t qualname_start,
                           const CallContext& ctx) {
@@ -45,6 +62,7 @@ ValuePtr inert_getattr(const GlobalValue& callee, const std::vector<ValuePtr>& a
     const auto* attribute = args[1]->as<StringValue>();
     if (attribute == nullptr)
         fail_at(ctx, ErrorCode::malformed, callee.name + " attribute name is not a str");
+    check_name_text(attribute->utf8, /*dots=*/false, callee.name + " attribute", ctx);
     if (const auto* owner = args[0]->as<GlobalValue>()) {
         const std::string full = owner->name + "." + attribute->utf8;
         // The attribute is part of the qualname whatever the owner was.

@@ -15,6 +15,12 @@
 
 namespace picklejail::loader {
 
+// malformed unless `text` can be part of a reference's name: valid UTF-8,
+// not empty, no whitespace or control characters (they would reach clients
+// and messages), and no '.' when `dots` is false (a getattr attribute).
+void check_name_text(std::string_view text, bool dots, std::string_view what,
+                     const CallContext& ctx);
+
 // forbidden_global unless `full_name` may be held as a reference under the
 // policy: not under a "refused" entry and no dunder attribute in its qualname
 // (`qualname_start`: where the qualname begins in `full_name`).

@@ -691,7 +691,12 @@ void PickleVm::op_global(std::string_view module, std::string_view name) {
     if (std::find(info_.globals.begin(), info_.globals.end(), full) == info_.globals.end()) {
         info_.globals.push_back(full);
     }
-    if (ctx_.policy.inert()) check_reference_name(full, canonical.module.size() + 1, ctx_);
+    if (ctx_.policy.inert()) {
+        // Any name may become data here, so it must be one a client can print.
+        check_name_text(module, /*dots=*/true, "a global's module", ctx_);
+        check_name_text(name, /*dots=*/true, "a global's name", ctx_);
+        check_reference_name(full, canonical.module.size() + 1, ctx_);
+    }
     auto handler = ctx_.policy.resolve(module, name);
     if (!handler && ctx_.policy.inert()) handler = Handler::reference;
     if (!handler) {
@@ -754,6 +759,12 @@ void PickleVm::op_reduce() {
         fail(ErrorCode::forbidden_global,
              "calling the bound method " + method->name + " of a " + describe(*method->self) +
                  " is refused");
+    }
+    if (const auto* record = callee->as<RecordValue>()) {
+        // An object kept as data (inert) is never callable: calling one is
+        // __call__, code (functools.partial(os.system, ...)(), a modelscan bypass).
+        fail(ErrorCode::forbidden_global,
+             "calling a " + record->class_name + " object is refused (records are data)");
     }
     if (global == nullptr)
         fail(ErrorCode::malformed, "REDUCE on a " + describe(*callee) + ", not a global");

@@ -78,6 +78,20 @@ std::span<const std::byte> LoadedImage::bytes() const noexcept {
 std::span<const std::byte> LoadedImage::file_bytes() const noexcept {
     return impl_->file_mapping.bytes();
 }
+nlohmann::json LoadedImage::object() const {
+    const auto it = impl_->metadata.find("picklejail.object");
+    if (it == impl_->metadata.end()) return nullptr;
+    auto parsed = nlohmann::json::parse(it->second, nullptr, /*allow_exceptions=*/false);
+    if (parsed.is_discarded())
+        throw Error(ErrorCode::malformed, "the image's picklejail.object is not JSON");
+    return parsed;
+}
+
+ipc::ObjectNames LoadedImage::object_names() const {
+    const auto it = impl_->metadata.find("picklejail.object");
+    return it == impl_->metadata.end() ? ipc::ObjectNames{} : ipc::object_names(it->second);
+}
+
 const nlohmann::json& LoadedImage::reply() const noexcept {
     return impl_->reply;
 }
