@@ -332,9 +332,10 @@ ValuePtr new_object(const GlobalValue& cls, const ValuePtr& args, const ValuePtr
                     CallContext& ctx) {
     const auto& a = tuple_items(args);
     const auto* keywords = kwargs ? kwargs->as<DictValue>() : nullptr;
-    if (kwargs && (keywords == nullptr || (!keywords->items.empty() &&
-                                           cls.handler != Handler::reference))) {
-        fail_at(ctx, ErrorCode::unsupported, "NEWOBJ_EX of " + cls.name + " with keyword arguments");
+    if (kwargs &&
+        (keywords == nullptr || (!keywords->items.empty() && cls.handler != Handler::reference))) {
+        fail_at(ctx, ErrorCode::unsupported,
+                "NEWOBJ_EX of " + cls.name + " with keyword arguments");
     }
     switch (cls.handler) {
         case Handler::record_class:

@@ -145,8 +145,7 @@ ValuePtr numpy_reconstruct(const GlobalValue& callee, const std::vector<ValuePtr
     if (cls == nullptr || cls->handler != Handler::numpy_ndarray) {
         fail_at(ctx, ErrorCode::forbidden_global, callee.name + " may only rebuild numpy.ndarray");
     }
-    return ctx.arena.make(
-        RecordValue::of(std::string(kArrayRecord), ctx.arena.make(TupleValue{})));
+    return ctx.arena.make(RecordValue::of(std::string(kArrayRecord), ctx.arena.make(TupleValue{})));
 }
 
 ValuePtr numpy_dtype(const GlobalValue& callee, const std::vector<ValuePtr>& args,

@@ -4,9 +4,9 @@
 #include <cmath>
 #include <optional>
 #include <tuple>
-#include <utility>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 
 #include "common/error.hpp"
 #include "loader/json_text.hpp"
@@ -52,7 +52,7 @@ std::string big_int_hex(const BigIntValue& big) {
 // One step of the path to a node, for tensor names.
 struct PathPart {
     std::optional<std::string> text;  // nullopt: a step that cannot name a tensor (a tuple key)
-    bool skipped = false;  // a module's _parameters/_buffers/_modules: absent from names
+    bool skipped = false;             // a module's _parameters/_buffers/_modules: absent from names
 
     PathPart(std::nullopt_t) {}  // NOLINT(google-explicit-constructor): pushed as values
     PathPart(std::optional<std::string> part) : text(std::move(part)) {}  // NOLINT

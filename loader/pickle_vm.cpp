@@ -1,7 +1,5 @@
 #include "loader/pickle_vm.hpp"
 
-#include "loader/inert_objects.hpp"
-
 #include <algorithm>
 #include <charconv>
 #include <cmath>
@@ -10,6 +8,7 @@
 #include "common/utf8.hpp"
 #include "loader/byte_reader.hpp"
 #include "loader/checked_math.hpp"
+#include "loader/inert_objects.hpp"
 
 namespace picklejail::loader {
 namespace {
@@ -756,9 +755,8 @@ void PickleVm::op_reduce() {
     const auto* global = callee->as<GlobalValue>();
     if (const auto* method = callee->as<MethodValue>()) {
         // Real files store bound methods (schedulers' anneal_func); only attacks call them.
-        fail(ErrorCode::forbidden_global,
-             "calling the bound method " + method->name + " of a " + describe(*method->self) +
-                 " is refused");
+        fail(ErrorCode::forbidden_global, "calling the bound method " + method->name + " of a " +
+                                              describe(*method->self) + " is refused");
     }
     if (const auto* record = callee->as<RecordValue>()) {
         // An object kept as data (inert) is never callable: calling one is

@@ -43,8 +43,7 @@ void print_text(const nlohmann::json& report) {
     if (!report["records"].empty()) std::printf("records:\n");
     for (const auto& r : report["records"]) std::printf("  %s\n", r.get<std::string>().c_str());
     if (!report["references"].empty()) std::printf("references:\n");
-    for (const auto& g : report["references"])
-        std::printf("  %s\n", g.get<std::string>().c_str());
+    for (const auto& g : report["references"]) std::printf("  %s\n", g.get<std::string>().c_str());
 }
 
 }  // namespace

@@ -1,9 +1,9 @@
 // The restricted pickle machine on arbitrary bytes (loader/pickle_vm.hpp),
 // under the checkpoint policy and under inert (references, records, getattr,
-// the object graph with shared nodes and cycles), then everything that walks what it built: the flattener (names, aliases,
-// the JSON description) and the safetensors writer, whose image must pass the
-// checker. Persistent ids are parsed as torch's readers parse them (5 or 6
-// fields) and bound to zero-filled storages of the declared size.
+// the object graph with shared nodes and cycles), then everything that walks what it built: the
+// flattener (names, aliases, the JSON description) and the safetensors writer, whose image must
+// pass the checker. Persistent ids are parsed as torch's readers parse them (5 or 6 fields) and
+// bound to zero-filled storages of the declared size.
 #include <cstddef>
 #include <cstdint>
 #include <span>

@@ -70,9 +70,9 @@ struct Outcome {
 Outcome plan(const std::string& pickle, const std::string& policy = "inert") {
     Outcome out;
     try {
-        const auto conversion = Conversion::plan(
-            {reinterpret_cast<const std::byte*>(pickle.data()), pickle.size()},
-            policy_named(policy), Limits{});
+        const auto conversion =
+            Conversion::plan({reinterpret_cast<const std::byte*>(pickle.data()), pickle.size()},
+                             policy_named(policy), Limits{});
         out.metadata = conversion.metadata();
         out.object = nlohmann::json::parse(conversion.metadata().at("picklejail.object"));
     } catch (const Error& e) {
@@ -100,20 +100,21 @@ TEST_CASE("inert: an unbound class called, instantiated and built is a record") 
     const auto reduced = plan(proto(2) + global("transformers.trainer_utils", "IntervalStrategy") +
                               str("steps") + op(0x85) + kReduce + kStop);
     REQUIRE(reduced.code == "ok");
-    CHECK(reduced.object ==
-          nlohmann::json::parse(
-              R"({"object":"transformers.trainer_utils.IntervalStrategy","args":{"tuple":["steps"]}})"));
+    CHECK(
+        reduced.object ==
+        nlohmann::json::parse(
+            R"({"object":"transformers.trainer_utils.IntervalStrategy","args":{"tuple":["steps"]}})"));
     // The same pickles are refused by name under the strict policies.
-    const auto weights = plan(proto(2) + global("models.yolo", "Detect") + kEmptyTuple + kNewobj +
-                                  kStop,
-                              "weights");
+    const auto weights =
+        plan(proto(2) + global("models.yolo", "Detect") + kEmptyTuple + kNewobj + kStop, "weights");
     CHECK(weights.code == "forbidden_global");
     CHECK(contains(weights.message, "models.yolo.Detect"));
 }
 
 TEST_CASE("inert: a global held as a value or a key is a reference") {
-    const auto keyed = plan(proto(2) + dict_of({{global("pytorch_lightning.callbacks", "ModelCheckpoint"),
-                                                 dict_of({{str("dirpath"), str("/ckpt")}})}}) +
+    const auto keyed = plan(proto(2) +
+                            dict_of({{global("pytorch_lightning.callbacks", "ModelCheckpoint"),
+                                      dict_of({{str("dirpath"), str("/ckpt")}})}}) +
                             kStop);
     REQUIRE(keyed.code == "ok");
     CHECK(keyed.object["dict"][0][0] ==
@@ -127,12 +128,13 @@ TEST_CASE("inert: getattr of a reference is a checked reference; of a record a m
                               global("pytorch_lightning.trainer.states", "TrainerFn") +
                               str("FITTING") + op(0x86) + kReduce + kStop);
     REQUIRE(by_name.code == "ok");
-    CHECK(by_name.object == nlohmann::json::parse(
-                                R"({"global":"pytorch_lightning.trainer.states.TrainerFn.FITTING"})"));
+    CHECK(by_name.object ==
+          nlohmann::json::parse(
+              R"({"global":"pytorch_lightning.trainer.states.TrainerFn.FITTING"})"));
     // getattr(torch.serialization, "load") is refused as the name it resolves to.
-    const auto refused = plan(proto(2) + global("builtins", "getattr") +
-                              global("torch", "serialization") + str("load") + op(0x86) + kReduce +
-                              kStop);
+    const auto refused =
+        plan(proto(2) + global("builtins", "getattr") + global("torch", "serialization") +
+             str("load") + op(0x86) + kReduce + kStop);
     CHECK(refused.code == "forbidden_global");
     CHECK(contains(refused.message, "torch.serialization.load"));
     // A dunder attribute reaches interpreter internals: refused, whatever the owner.
@@ -141,16 +143,16 @@ TEST_CASE("inert: getattr of a reference is a checked reference; of a record a m
     CHECK(dunder.code == "forbidden_global");
     CHECK(contains(dunder.message, "mymodel.Net.__globals__"));
     // getattr(scheduler_record, "_annealing_cos"): a bound method kept as data.
-    const std::string scheduler = global("torch.optim.lr_scheduler", "OneCycleLR") + kEmptyTuple +
-                                  kNewobj + binput(0);
+    const std::string scheduler =
+        global("torch.optim.lr_scheduler", "OneCycleLR") + kEmptyTuple + kNewobj + binput(0);
     const auto method = plan(proto(2) + global("builtins", "getattr") + scheduler +
                              str("_annealing_cos") + op(0x86) + kReduce + kStop);
     REQUIRE(method.code == "ok");
     CHECK(method.object["method"] == "_annealing_cos");
     CHECK(method.object["self"]["object"] == "torch.optim.lr_scheduler.OneCycleLR");
     // Calling it is what only an attack does.
-    const auto called = plan(proto(2) + global("builtins", "getattr") + scheduler +
-                             str("step") + op(0x86) + kReduce + kEmptyTuple + kReduce + kStop);
+    const auto called = plan(proto(2) + global("builtins", "getattr") + scheduler + str("step") +
+                             op(0x86) + kReduce + kEmptyTuple + kReduce + kStop);
     CHECK(called.code == "forbidden_global");
     CHECK(contains(called.message, "calling the bound method step"));
     // getattr of anything else (a str's methods) is refused.
@@ -198,8 +200,8 @@ TEST_CASE("inert: Python 2 names are refused or kept as Python 3 resolves them")
 
 TEST_CASE("inert: shared objects are written once, mutable cycles are kept") {
     // d = {}; d["parent"] = d  (an omegaconf node's _parent)
-    const auto cycle = plan(proto(2) + kEmptyDict + binput(0) + str("parent") + binget(0) +
-                            kSetitem + kStop);
+    const auto cycle =
+        plan(proto(2) + kEmptyDict + binput(0) + str("parent") + binget(0) + kSetitem + kStop);
     REQUIRE(cycle.code == "ok");
     CHECK(cycle.object ==
           nlohmann::json::parse(R"({"shared":0,"value":{"dict":[["parent",{"ref":0}]]}})"));
@@ -228,21 +230,21 @@ TEST_CASE("inert: shared objects are written once, mutable cycles are kept") {
 
 TEST_CASE("inert: unhashable keys and set items are malformed") {
     // d = {}; d[d] = 1
-    const auto own_key = plan(proto(2) + kEmptyDict + binput(0) + binget(0) + k(1) + kSetitem +
-                              kStop);
+    const auto own_key =
+        plan(proto(2) + kEmptyDict + binput(0) + binget(0) + k(1) + kSetitem + kStop);
     CHECK(own_key.code == "malformed");
     CHECK(contains(own_key.message, "unhashable dict key"));
     // {([],): 1}: a tuple holding a list
-    const auto tuple_key = plan(proto(2) + kEmptyDict + kEmptyList + op(0x85) + k(1) + kSetitem +
-                                kStop);
+    const auto tuple_key =
+        plan(proto(2) + kEmptyDict + kEmptyList + op(0x85) + k(1) + kSetitem + kStop);
     CHECK(tuple_key.code == "malformed");
 }
 
 TEST_CASE("inert: dict and list subclasses keep the items pickled after them") {
     // AttributeDict() then SETITEMS {"lr": 1}, as Lightning's hparams pickle.
-    const auto dict_items = plan(proto(2) + global("pytorch_lightning.utilities", "AttributeDict") +
-                                 kEmptyTuple + kNewobj + kMark + str("lr") + k(1) + kSetitems +
-                                 kStop);
+    const auto dict_items =
+        plan(proto(2) + global("pytorch_lightning.utilities", "AttributeDict") + kEmptyTuple +
+             kNewobj + kMark + str("lr") + k(1) + kSetitems + kStop);
     REQUIRE(dict_items.code == "ok");
     CHECK(dict_items.object["dictitems"] == nlohmann::json::parse(R"([["lr",1]])"));
     const auto list_items = plan(proto(2) + global("omegaconf", "ListOfThings") + kEmptyTuple +
@@ -277,16 +279,15 @@ TEST_CASE("policy: 'refused' entries are dotted prefixes and can only be widened
     CHECK(!base.refusal("ossify.x"));
     CHECK(base.refusal("builtins.eval") == std::optional<std::string>("builtins.eval"));
     CHECK(!base.refusal("builtins.evaluate"));
-    CHECK_THROWS_AS(Policy::from_json(R"({"name":"c","extends":"b","inert":false,"globals":{}})",
-                                      &base),
-                    Error);
+    CHECK_THROWS_AS(
+        Policy::from_json(R"({"name":"c","extends":"b","inert":false,"globals":{}})", &base),
+        Error);
     CHECK_THROWS_AS(Policy::from_json(R"({"name":"c","refused":{"modules":[".os"]},"globals":{}})"),
                     Error);
     CHECK_THROWS_AS(Policy::from_json(R"({"name":"c","refused":{"files":["x"]},"globals":{}})"),
                     Error);
-    const Policy child =
-        Policy::from_json(R"({"name":"c","extends":"b","refused":{"modules":["numpy"]},"globals":{}})",
-                          &base);
+    const Policy child = Policy::from_json(
+        R"({"name":"c","extends":"b","refused":{"modules":["numpy"]},"globals":{}})", &base);
     CHECK(child.inert());
     CHECK(child.refusal("os.system"));
     CHECK(child.refusal("numpy.load"));
