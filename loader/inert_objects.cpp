@@ -39,16 +39,17 @@ void check_name_text(std::string_view text, bool dots, std::string_view what,
 }
 
 void check_reference_name(std::string_view full_name, std::size_t qualname_start,
-                          const CallContext& ctx) {
+                          const CallContext& ctx, std::string_view shown_as) {
+    const std::string shown(shown_as.empty() ? full_name : shown_as);
     if (const auto entry = ctx.policy.refusal(full_name)) {
         fail_at(ctx, ErrorCode::forbidden_global,
-                "global " + std::string(full_name) + " is refused by policy \"" +
-                    ctx.policy.name() + "\" (it falls under \"" + *entry + "\")");
+                "global " + shown + " is refused by policy \"" + ctx.policy.name() +
+                    "\" (it falls under \"" + *entry + "\")");
     }
     if (qualname_start <= full_name.size() &&
         has_dunder_attribute(full_name.substr(qualname_start))) {
         fail_at(ctx, ErrorCode::forbidden_global,
-                "global " + std::string(full_name) +
+                "global " + shown +
                     " names a dunder attribute, which only reaches interpreter internals");
     }
 }

@@ -23,9 +23,10 @@ void check_name_text(std::string_view text, bool dots, std::string_view what,
 
 // forbidden_global unless `full_name` may be held as a reference under the
 // policy: not under a "refused" entry and no dunder attribute in its qualname
-// (`qualname_start`: where the qualname begins in `full_name`).
+// (`qualname_start`: where the qualname begins in `full_name`). Messages name
+// it as `shown_as` when given (the file's own spelling, for renamed globals).
 void check_reference_name(std::string_view full_name, std::size_t qualname_start,
-                          const CallContext& ctx);
+                          const CallContext& ctx, std::string_view shown_as = {});
 
 // builtins.getattr(obj, name[, default]): a reference's attribute is the
 // reference "module.qualname.name" (checked, then bound if the policy binds

@@ -687,6 +687,11 @@ void PickleVm::op_text_unicode(std::string_view text) {
 void PickleVm::op_global(std::string_view module, std::string_view name) {
     const CanonicalGlobal canonical = canonical_global(module, name);
     const std::string full = canonical.full();
+    // Messages name a renamed global as the file spells it, then as Python 3 resolves it.
+    std::string shown = printable_name(full);
+    if (module != canonical.module || name != canonical.name) {
+        shown = printable_name(std::string(module) + "." + std::string(name)) + " (" + shown + ")";
+    }
     if (std::find(info_.globals.begin(), info_.globals.end(), full) == info_.globals.end()) {
         info_.globals.push_back(full);
     }
@@ -694,14 +699,13 @@ void PickleVm::op_global(std::string_view module, std::string_view name) {
         // Any name may become data here, so it must be one a client can print.
         check_name_text(module, /*dots=*/true, "a global's module", ctx_);
         check_name_text(name, /*dots=*/true, "a global's name", ctx_);
-        check_reference_name(full, canonical.module.size() + 1, ctx_);
+        check_reference_name(full, canonical.module.size() + 1, ctx_, shown);
     }
     auto handler = ctx_.policy.resolve(module, name);
     if (!handler && ctx_.policy.inert()) handler = Handler::reference;
     if (!handler) {
-        fail(ErrorCode::forbidden_global, "global " + printable_name(full) +
-                                              " is not allowed by policy \"" + ctx_.policy.name() +
-                                              "\"");
+        fail(ErrorCode::forbidden_global,
+             "global " + shown + " is not allowed by policy \"" + ctx_.policy.name() + "\"");
     }
     if (*handler == Handler::dtype) {
         // torch.float32 and friends are values (the v3 dtype argument), not callables.

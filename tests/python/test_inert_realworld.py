@@ -386,9 +386,11 @@ def test_calling_a_bound_method_names_it():
 def test_weights_policy_still_refuses_them(entry):
     with pytest.raises(picklejail.ForbiddenGlobal) as caught:
         picklejail.load(REALWORLD / entry["file"], backend="numpy")
-    named = re.search(r'global (\S+) is not allowed by policy "weights"', str(caught.value))
+    # A renamed global is named as the file spells it, then as Python 3 resolves it.
+    named = re.search(r'global (\S+)(?: \((\S+)\))? is not allowed by policy "weights"',
+                      str(caught.value))
     assert named, str(caught.value)
-    assert named.group(1) not in WEIGHTS_GLOBALS
+    assert (named.group(2) or named.group(1)) not in WEIGHTS_GLOBALS
 
 
 def test_manifest_covers_every_file():
