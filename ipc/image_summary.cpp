@@ -3,6 +3,8 @@
 #include <charconv>
 #include <string_view>
 
+#include "ipc/object_names.hpp"
+
 namespace picklejail::ipc {
 namespace {
 
@@ -34,6 +36,9 @@ nlohmann::ordered_json image_summary(const SafetensorsIndex& index, const std::s
         if (!key.starts_with("picklejail.") && key != "format") aliases[key] = value;
     }
     out["aliases"] = aliases;
+    const auto names = object_names(metadata_value(index, "picklejail.object"));
+    out["records"] = names.records;
+    out["references"] = names.references;
     out["output_bytes"] =
         index.data_offset + (index.tensors.empty() ? 0 : index.tensors.back().end);
     return out;

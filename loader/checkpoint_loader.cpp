@@ -168,7 +168,8 @@ Conversion Conversion::plan(std::span<const std::byte> input, const Policy& poli
     ctx.helper = helper;
     const Parsed parsed = parse_input(input, ctx);
     owned.root = parsed.read.root;
-    owned.flat = flatten_object(parsed.read.root, owned.limits, owned.storages);
+    owned.flat = flatten_object(parsed.read.root, owned.limits, owned.storages,
+                                policy.inert() ? ObjectShape::graph : ObjectShape::tree);
     FlattenedObject& flat = owned.flat;
     apply_selection(flat, select);
     conversion.format_ = parsed.format;

@@ -1,5 +1,6 @@
 #include "loader/global_calls.hpp"
 
+#include "loader/inert_objects.hpp"
 #include "loader/numpy_values.hpp"
 #include "loader/tensor_kinds.hpp"
 #include "loader/tensor_rebuild.hpp"
@@ -284,7 +285,12 @@ ValuePtr call_global(const GlobalValue& callee, const ValuePtr& args, CallContex
                 ComplexValue{number_arg(a[0], ctx), a.size() == 2 ? number_arg(a[1], ctx) : 0.0});
         }
         case Handler::record_class:
-            return ctx.arena.make(RecordValue{callee.name, args, nullptr});
+        case Handler::reference:
+            return ctx.arena.make(RecordValue::of(callee.name, args));
+        case Handler::getattr:
+            return inert_getattr(callee, a, ctx);
+        case Handler::reconstructor:
+            return inert_reconstruct(callee, a, ctx);
         case Handler::torch_version: {
             expect_arity(callee, a, 1, 1, ctx);
             if (!a[0]->is<StringValue>())
@@ -322,11 +328,23 @@ ValuePtr call_global(const GlobalValue& callee, const ValuePtr& args, CallContex
                 ctx.policy.name() + "\"");
 }
 
-ValuePtr new_object(const GlobalValue& cls, const ValuePtr& args, CallContext& ctx) {
+ValuePtr new_object(const GlobalValue& cls, const ValuePtr& args, const ValuePtr& kwargs,
+                    CallContext& ctx) {
     const auto& a = tuple_items(args);
+    const auto* keywords = kwargs ? kwargs->as<DictValue>() : nullptr;
+    if (kwargs &&
+        (keywords == nullptr || (!keywords->items.empty() && cls.handler != Handler::reference))) {
+        fail_at(ctx, ErrorCode::unsupported,
+                "NEWOBJ_EX of " + cls.name + " with keyword arguments");
+    }
     switch (cls.handler) {
         case Handler::record_class:
-            return ctx.arena.make(RecordValue{cls.name, args, nullptr});
+            return ctx.arena.make(RecordValue::of(cls.name, args));
+        case Handler::reference: {
+            auto record = RecordValue::of(cls.name, args);
+            if (keywords != nullptr && !keywords->items.empty()) record.kwargs = kwargs;
+            return ctx.arena.make(std::move(record));
+        }
         case Handler::ordered_dict:
         case Handler::counter: {
             DictValue dict;

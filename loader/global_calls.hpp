@@ -29,8 +29,10 @@ struct CallContext {
 // REDUCE (and INST/OBJ): callee(*args).
 [[nodiscard]] ValuePtr call_global(const GlobalValue& callee, const ValuePtr& args,
                                    CallContext& ctx);
-// NEWOBJ: cls.__new__(cls, *args).
-[[nodiscard]] ValuePtr new_object(const GlobalValue& cls, const ValuePtr& args, CallContext& ctx);
+// NEWOBJ: cls.__new__(cls, *args); NEWOBJ_EX adds `kwargs` (a dict; null for
+// NEWOBJ), which only an inert reference may take.
+[[nodiscard]] ValuePtr new_object(const GlobalValue& cls, const ValuePtr& args,
+                                  const ValuePtr& kwargs, CallContext& ctx);
 // BUILD: target.__setstate__(state) for the few targets that allow it.
 void build(const ValuePtr& target, const ValuePtr& state, CallContext& ctx);
 

@@ -6,7 +6,7 @@
 namespace picklejail::loader {
 namespace {
 
-constexpr std::array<std::pair<Handler, std::string_view>, 35> kNames{{
+constexpr std::array<std::pair<Handler, std::string_view>, 38> kNames{{
     {Handler::ordered_dict, "ordered_dict"},
     {Handler::rebuild_tensor, "rebuild_tensor"},
     {Handler::rebuild_tensor_v2, "rebuild_tensor_v2"},
@@ -41,6 +41,9 @@ constexpr std::array<std::pair<Handler, std::string_view>, 35> kNames{{
     {Handler::get_layout, "get_layout"},
     {Handler::layout, "layout"},
     {Handler::qscheme, "qscheme"},
+    {Handler::reference, "reference"},
+    {Handler::getattr, "getattr"},
+    {Handler::reconstructor, "reconstructor"},
     {Handler::unsupported_tensor, "unsupported_tensor"},
 }};
 

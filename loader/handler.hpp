@@ -43,6 +43,9 @@ enum class Handler : std::uint8_t {
     get_layout,             // torch.serialization._get_layout("torch.sparse_coo")
     layout,                 // torch.sparse_coo ... as a value
     qscheme,                // torch.per_tensor_affine ... as a value
+    reference,              // inert: any unbound global, kept as a name; calls make records
+    getattr,                // inert: builtins.getattr on a reference or a record, never called
+    reconstructor,          // inert: copyreg._reconstructor(cls, base, state), protocol 0/1 objects
     unsupported_tensor,     // nested/wrapper/device-numpy rebuilds: clear refusal (keep last)
 };
 

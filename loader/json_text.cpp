@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/error.hpp"
 #include "common/utf8.hpp"
 
 namespace picklejail::loader {
@@ -30,7 +31,13 @@ bool simple_to_escape(std::string_view text) noexcept {
 
 void append_json_string(std::string& out, std::string_view text) {
     if (!simple_to_escape(text)) {
-        out += nlohmann::json(text).dump();
+        try {
+            out += nlohmann::json(text).dump();
+        } catch (const nlohmann::json::type_error&) {
+            // Every string from a file is checked when it is read; this is the
+            // backstop that keeps a missed one a refusal, not a crashed worker.
+            throw Error(ErrorCode::malformed, "text that is not valid UTF-8 reached the output");
+        }
         return;
     }
     out.push_back('"');

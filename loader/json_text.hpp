@@ -11,7 +11,7 @@
 namespace picklejail::loader {
 
 // `text` as a JSON string literal, escaped exactly as nlohmann::json's dump()
-// escapes it (which also rejects invalid UTF-8).
+// escapes it. Invalid UTF-8 is Error(malformed).
 void append_json_string(std::string& out, std::string_view text);
 
 // A double as nlohmann::json writes it (shortest text that reads back the same).

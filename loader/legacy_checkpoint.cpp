@@ -49,10 +49,10 @@ ReadResult read_legacy_checkpoint(std::span<const std::byte> input, std::size_t 
 
     std::vector<std::uint32_t> declared;
     PersistentLoader declare_storage = [&declared](const ValuePtr& pid, CallContext& c) {
+        if (auto cls = legacy_module_class(pid)) return cls;
         const StoragePid storage = parse_storage_pid(pid, 6, c);
-        const auto index =
-            c.storages.declare(storage.key, storage.dtype, storage.numel, storage.location,
-                           storage.quantized);
+        const auto index = c.storages.declare(storage.key, storage.dtype, storage.numel,
+                                              storage.location, storage.quantized);
         declared.push_back(index);
         return c.arena.make(StorageValue{index});
     };

@@ -145,8 +145,7 @@ ValuePtr numpy_reconstruct(const GlobalValue& callee, const std::vector<ValuePtr
     if (cls == nullptr || cls->handler != Handler::numpy_ndarray) {
         fail_at(ctx, ErrorCode::forbidden_global, callee.name + " may only rebuild numpy.ndarray");
     }
-    return ctx.arena.make(
-        RecordValue{std::string(kArrayRecord), ctx.arena.make(TupleValue{}), nullptr});
+    return ctx.arena.make(RecordValue::of(std::string(kArrayRecord), ctx.arena.make(TupleValue{})));
 }
 
 ValuePtr numpy_dtype(const GlobalValue& callee, const std::vector<ValuePtr>& args,
@@ -154,7 +153,7 @@ ValuePtr numpy_dtype(const GlobalValue& callee, const std::vector<ValuePtr>& arg
     if (args.empty() || !args[0]->is<StringValue>())
         fail_at(ctx, ErrorCode::malformed, callee.name + " needs a type code");
     return ctx.arena.make(
-        RecordValue{std::string(kDTypeRecord), ctx.arena.make(TupleValue{args}), nullptr});
+        RecordValue::of(std::string(kDTypeRecord), ctx.arena.make(TupleValue{args})));
 }
 
 ValuePtr numpy_scalar(const GlobalValue& callee, const std::vector<ValuePtr>& args,

@@ -14,7 +14,11 @@ ObjectArena::~ObjectArena() {
         if (auto* record = value->as<RecordValue>()) {
             record->args.reset();
             record->state.reset();
+            record->kwargs.reset();
+            record->dict_items.clear();
+            record->list_items.clear();
         }
+        if (auto* method = value->as<MethodValue>()) method->self.reset();
     }
 }
 

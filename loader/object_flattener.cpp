@@ -4,7 +4,9 @@
 #include <cmath>
 #include <optional>
 #include <tuple>
+#include <unordered_map>
 #include <unordered_set>
+#include <utility>
 
 #include "common/error.hpp"
 #include "loader/json_text.hpp"
@@ -47,13 +49,82 @@ std::string big_int_hex(const BigIntValue& big) {
     return out;
 }
 
+// One step of the path to a node, for tensor names.
+struct PathPart {
+    std::optional<std::string> text;  // nullopt: a step that cannot name a tensor (a tuple key)
+    bool skipped = false;             // a module's _parameters/_buffers/_modules: absent from names
+
+    PathPart(std::nullopt_t) {}  // NOLINT(google-explicit-constructor): pushed as values
+    PathPart(std::optional<std::string> part) : text(std::move(part)) {}  // NOLINT
+    PathPart(std::string part) : text(std::move(part)) {}                 // NOLINT
+    PathPart(const char* part) : text(std::string(part)) {}               // NOLINT
+
+    [[nodiscard]] static PathPart skip() {
+        PathPart part{std::string()};
+        part.skipped = true;
+        return part;
+    }
+};
+
+// What a pickled torch.nn.Module's __dict__ holds: its tensors are named as
+// module.state_dict() names them, so these three keys are not part of names.
+bool is_module_container_key(const Value& key) {
+    const auto* text = key.as<StringValue>();
+    return text != nullptr &&
+           (text->utf8 == "_parameters" || text->utf8 == "_buffers" || text->utf8 == "_modules");
+}
+
+bool has_key(const DictValue& dict, std::string_view wanted) {
+    return std::any_of(dict.items.begin(), dict.items.end(), [wanted](const auto& item) {
+        const auto* text = item.first->template as<StringValue>();
+        return text != nullptr && text->utf8 == wanted;
+    });
+}
+
+const Value* item_of(const DictValue& dict, std::string_view wanted) {
+    for (const auto& [key, value] : dict.items) {
+        const auto* text = key->as<StringValue>();
+        if (text != nullptr && text->utf8 == wanted) return value.get();
+    }
+    return nullptr;
+}
+
+// The pickled torch.nn.Module whose __dict__ is being written: its tensors
+// are named as module.state_dict() names them, except the buffers it keeps out
+// of state_dict(), which keep "_buffers" in their names.
+struct ModuleScope {
+    const DictValue* state = nullptr;    // the module's __dict__
+    const DictValue* buffers = nullptr;  // its _buffers, when some are non-persistent
+    std::unordered_set<std::string> non_persistent;
+
+    static ModuleScope of(const Value& state) {
+        ModuleScope scope;
+        const auto* dict = state.as<DictValue>();
+        if (dict == nullptr || !has_key(*dict, "_parameters") || !has_key(*dict, "_buffers") ||
+            !has_key(*dict, "_modules")) {
+            return scope;
+        }
+        scope.state = dict;
+        const Value* names = item_of(*dict, "_non_persistent_buffers_set");
+        const auto* set = names != nullptr ? names->as<SetValue>() : nullptr;
+        if (set == nullptr) return scope;
+        for (const auto& name : set->items) {
+            if (const auto* text = name->as<StringValue>()) scope.non_persistent.insert(text->utf8);
+        }
+        if (!scope.non_persistent.empty())
+            scope.buffers = item_of(*dict, "_buffers")->as<DictValue>();
+        return scope;
+    }
+};
+
 class Flattener {
   public:
-    Flattener(const Limits& limits, const StorageTable& storages)
-        : limits_(limits), storages_(storages) {}
+    Flattener(const Limits& limits, const StorageTable& storages, ObjectShape shape)
+        : limits_(limits), storages_(storages), shape_(shape) {}
 
     FlattenedObject run(const ValuePtr& root) {
         FlattenedObject out;
+        if (shape_ == ObjectShape::graph) find_shared(root);
         walk(root, 0);
         out.description = std::move(text_);
         assign_names(out);
@@ -81,8 +152,40 @@ class Flattener {
         }
     }
 
+    // A container reached more than once is written whole at its first
+    // occurrence as {"shared": K, "value": ...} and as {"ref": K} after that,
+    // so shared objects stay shared and cycles through mutable ones can be
+    // rebuilt (docs/output-format.md).
     void walk(const ValuePtr& value, std::size_t depth) {
         enter(depth);
+        if (shape_ == ObjectShape::tree) return walk_tree(value, depth);
+        const Value* node = value.get();
+        if (!is_container(*value) || !shared_.contains(node)) return visit(*value, depth);
+        if (const auto known = shared_ids_.find(node); known != shared_ids_.end()) {
+            if (on_path_.contains(node) && is_immutable(*value)) {
+                throw Error(ErrorCode::unsupported, "a " + describe(*value) +
+                                                        " contains itself (a reference cycle at " +
+                                                        path_string() + ")");
+            }
+            text_ += "{\"ref\":";
+            append_json_integer(text_, known->second);
+            text_.push_back('}');
+            return;
+        }
+        const auto id = static_cast<std::int64_t>(shared_ids_.size());
+        shared_ids_.emplace(node, id);
+        text_ += "{\"shared\":";
+        append_json_integer(text_, id);
+        text_ += ",\"value\":";
+        on_path_.insert(node);
+        visit(*value, depth);
+        on_path_.erase(node);
+        text_.push_back('}');
+    }
+
+    // The tree shape: what is reached twice is written twice (the visit and
+    // header limits bound a memo-multiplied graph); a cycle is malformed.
+    void walk_tree(const ValuePtr& value, std::size_t depth) {
         // Only a container can lead back to itself; leaves skip the bookkeeping.
         const bool container = is_container(*value);
         if (container && !on_path_.insert(value.get()).second) {
@@ -91,6 +194,83 @@ class Flattener {
         }
         visit(*value, depth);
         if (container) on_path_.erase(value.get());
+    }
+
+    // Python could not have built it, and a set or dict that holds itself
+    // would otherwise reach clients as a cycle: list, dict and set values (or
+    // tuples holding them) as keys or set items are malformed. Iterative: a
+    // key can be a deep tuple.
+    void check_hashable(const Value& key, std::string_view what) const {
+        std::vector<const Value*> pending{&key};
+        while (!pending.empty()) {
+            const Value* value = pending.back();
+            pending.pop_back();
+            const auto* set = value->as<SetValue>();
+            if (value->is<ListValue>() || value->is<DictValue>() ||
+                (set != nullptr && !set->frozen)) {
+                throw Error(ErrorCode::malformed, "unhashable " + std::string(what) + " (a " +
+                                                      describe(*value) + ") at " + path_string());
+            }
+            if (const auto* tuple = value->as<TupleValue>()) {
+                for (const auto& item : tuple->items) pending.push_back(item.get());
+            }
+            if (set != nullptr) {
+                for (const auto& item : set->items) pending.push_back(item.get());
+            }
+        }
+    }
+
+    static bool is_immutable(const Value& value) {
+        const auto* set = value.as<SetValue>();
+        return value.is<TupleValue>() || (set != nullptr && set->frozen);
+    }
+
+    // Every container reached more than once from the root, found without
+    // recursion; each container's children are listed once.
+    void find_shared(const ValuePtr& root) {
+        std::unordered_set<const Value*> reached;
+        std::vector<const Value*> pending{root.get()};
+        const auto push = [&pending](const ValuePtr& child) {
+            if (child) pending.push_back(child.get());
+        };
+        while (!pending.empty()) {
+            const Value* value = pending.back();
+            pending.pop_back();
+            if (!is_container(*value)) continue;
+            if (!reached.insert(value).second) {
+                shared_.insert(value);
+                continue;
+            }
+            for_each_child(*value, push);
+        }
+    }
+
+    template <typename Push>
+    static void for_each_child(const Value& value, const Push& push) {
+        const auto items = [&push](const std::vector<ValuePtr>& values) {
+            for (const auto& item : values) push(item);
+        };
+        const auto pairs = [&push](const std::vector<std::pair<ValuePtr, ValuePtr>>& entries) {
+            for (const auto& [key, item] : entries) {
+                push(key);
+                push(item);
+            }
+        };
+        if (const auto* l = value.as<ListValue>()) items(l->items);
+        if (const auto* t = value.as<TupleValue>()) items(t->items);
+        if (const auto* set = value.as<SetValue>()) items(set->items);
+        if (const auto* d = value.as<DictValue>()) {
+            pairs(d->items);
+            push(d->attributes);
+        }
+        if (const auto* r = value.as<RecordValue>()) {
+            push(r->args);
+            push(r->kwargs);
+            push(r->state);
+            pairs(r->dict_items);
+            items(r->list_items);
+        }
+        if (const auto* m = value.as<MethodValue>()) push(m->self);
     }
 
     // What reaching any node costs: a byte of header, a visit, a level of depth.
@@ -160,6 +340,9 @@ class Flattener {
             sequence(t->items, depth);
             text_.push_back('}');
         } else if (const auto* set = value.as<SetValue>()) {
+            if (shape_ == ObjectShape::graph) {
+                for (const auto& item : set->items) check_hashable(*item, "set item");
+            }
             open_tagged(set->frozen ? "frozenset" : "set");
             sequence(set->items, depth);
             text_.push_back('}');
@@ -174,6 +357,8 @@ class Flattener {
             tagged_string("device", dev->spec);
         } else if (const auto* r = value.as<RecordValue>()) {
             record(*r, depth);
+        } else if (const auto* m = value.as<MethodValue>()) {
+            method(*m, depth);
         } else if (const auto* kind = value.as<TensorKindValue>()) {
             tensor_kind(*kind, depth);
         } else if (const auto* g = value.as<GlobalValue>()) {
@@ -219,27 +404,57 @@ class Flattener {
     }
 
     void dict(const DictValue& d, std::size_t depth) {
-        if (holds_plain_tensors(d)) return tensor_dict(d, depth);
+        const bool module_buffers = &d == module_.buffers;
+        if (!module_buffers && holds_plain_tensors(d)) return tensor_dict(d, depth);
         open_tagged(dict_tag(d.kind));
-        text_.push_back('[');
-        bool first = true;
-        for (const auto& [key, value] : d.items) {
-            text_ += first ? "[" : ",[";
-            first = false;
-            walk(key, depth + 1);
-            text_.push_back(',');
-            path_.push_back(key_component(*key));  // nullopt: a key that cannot name a tensor
-            walk(value, depth + 1);
-            path_.pop_back();
-            text_.push_back(']');
-        }
-        text_.push_back(']');
+        pairs(d.items, depth,
+              &d == module_.state ? Pairs::module_dict
+                                  : (module_buffers ? Pairs::module_buffers : Pairs::plain));
         if (!d.factory.empty()) {
             text_ += ",\"factory\":";
             append_json_string(text_, d.factory);
         }
         attributes(d, depth);
         text_.push_back('}');
+    }
+
+    enum class Pairs : std::uint8_t { plain, module_dict, module_buffers };
+
+    // [[key, value], ...]; in a module's __dict__ the _parameters, _buffers and
+    // _modules keys are left out of tensor names, as state_dict() leaves them.
+    void pairs(const std::vector<std::pair<ValuePtr, ValuePtr>>& entries, std::size_t depth,
+               Pairs kind) {
+        text_.push_back('[');
+        std::size_t index = 0;
+        for (const auto& [key, value] : entries) {
+            text_ += index == 0 ? "[" : ",[";
+            auto component = key_component(*key);
+            const bool positional = !component && shape_ == ObjectShape::graph;
+            if (positional) check_hashable(*key, "dict key");
+            if (positional) component = "#" + std::to_string(index);
+            if (positional) path_.emplace_back(component);
+            if (positional) path_.emplace_back("key");
+            walk(key, depth + 1);
+            if (positional) path_.erase(path_.end() - 2, path_.end());
+            text_.push_back(',');
+            path_.push_back(item_part(kind, *key, std::move(component)));
+            walk(value, depth + 1);
+            path_.pop_back();
+            text_.push_back(']');
+            ++index;
+        }
+        text_.push_back(']');
+    }
+
+    // nullopt: a key that cannot name a tensor.
+    [[nodiscard]] PathPart item_part(Pairs kind, const Value& key,
+                                     std::optional<std::string> component) const {
+        if (kind == Pairs::module_dict && is_module_container_key(key)) return PathPart::skip();
+        if (kind == Pairs::module_buffers && component &&
+            module_.non_persistent.contains(*component)) {
+            return PathPart("_buffers." + *component);
+        }
+        return component;
     }
 
     void attributes(const DictValue& d, std::size_t depth) {
@@ -313,23 +528,57 @@ class Flattener {
         text_.push_back('}');
     }
 
+    // {"object": name, "args", "kwargs"?, "state"?, "dictitems"?, "listitems"?}.
+    // Tensors in a record are named by field (a dict state's keys, the items),
+    // by __args__.i / __kwargs__.key, and a module's as its state_dict() names them.
     void record(const RecordValue& r, std::size_t depth) {
         open_tagged("object");
         append_json_string(text_, r.class_name);
         text_ += ",\"args\":";
-        path_.push_back(std::nullopt);
+        path_.emplace_back("__args__");
         if (r.args) {
             walk(r.args, depth + 1);
         } else {
             text_ += "null";
         }
         path_.pop_back();
+        if (r.kwargs) {
+            text_ += ",\"kwargs\":";
+            path_.emplace_back("__kwargs__");
+            walk(r.kwargs, depth + 1);
+            path_.pop_back();
+        }
         if (r.state) {
-            // Attributes of config objects name tensors like dict keys do.
             text_ += ",\"state\":";
+            ModuleScope outer = std::exchange(module_, ModuleScope::of(*r.state));
             walk(r.state, depth + 1);
+            module_ = std::move(outer);
+        }
+        if (!r.dict_items.empty()) {
+            text_ += ",\"dictitems\":";
+            pairs(r.dict_items, depth, Pairs::plain);
+        }
+        if (!r.list_items.empty()) {
+            text_ += ",\"listitems\":";
+            sequence(r.list_items, depth);
         }
         text_.push_back('}');
+    }
+
+    // {"method": name, "self": node}: getattr(record, name), never called.
+    void method(const MethodValue& m, std::size_t depth) {
+        tagged_string_open("method", m.name);
+        text_ += ",\"self\":";
+        path_.emplace_back("__self__");
+        walk(m.self, depth + 1);
+        path_.pop_back();
+        text_.push_back('}');
+    }
+
+    void tagged_string_open(std::string_view tag, std::string_view value) {
+        spend(value.size());
+        open_tagged(tag);
+        append_json_string(text_, value);
     }
 
     // A sparse, quantized or meta tensor: its own node, whose data tensors are
@@ -398,8 +647,9 @@ class Flattener {
     [[nodiscard]] std::optional<std::uint64_t> nameable_path_length() const {
         std::uint64_t length = 0;
         for (const auto& part : path_) {
-            if (!part) return std::nullopt;
-            length += part->size() + 1;
+            if (part.skipped) continue;
+            if (!part.text) return std::nullopt;
+            length += part.text->size() + 1;
         }
         return length;
     }
@@ -409,8 +659,9 @@ class Flattener {
     [[nodiscard]] std::string joined_path() const {
         std::string name;
         for (const auto& part : path_) {
+            if (part.skipped) continue;
             if (!name.empty()) name.push_back('.');
-            name += *part;
+            name += *part.text;
         }
         return name;
     }
@@ -420,7 +671,8 @@ class Flattener {
         constexpr std::size_t kMaxShown = 512;
         std::string out = "<root>";
         for (const auto& part : path_) {
-            out += "." + part.value_or("?").substr(0, kMaxShown);
+            if (part.skipped) continue;
+            out += "." + part.text.value_or("?").substr(0, kMaxShown);
             if (out.size() > kMaxShown) {
                 out.resize(kMaxShown);
                 out += "...";
@@ -477,8 +729,12 @@ class Flattener {
     const StorageTable& storages_;
     std::uint64_t visited_ = 0;
     std::uint64_t header_bytes_ = 0;
-    std::vector<std::optional<std::string>> path_;
-    std::unordered_set<const Value*> on_path_;
+    std::vector<PathPart> path_;
+    std::unordered_set<const Value*> on_path_;  // shared containers being written
+    std::unordered_set<const Value*> shared_;   // containers reached more than once
+    std::unordered_map<const Value*, std::int64_t> shared_ids_;
+    ObjectShape shape_;
+    ModuleScope module_;  // the module whose __dict__ is being written, if any
     std::vector<Occurrence> occurrences_;
     std::string text_;  // the description's JSON text, as it is written
 };
@@ -486,8 +742,8 @@ class Flattener {
 }  // namespace
 
 FlattenedObject flatten_object(const ValuePtr& root, const Limits& limits,
-                               const StorageTable& storages) {
-    return Flattener(limits, storages).run(root);
+                               const StorageTable& storages, ObjectShape shape) {
+    return Flattener(limits, storages, shape).run(root);
 }
 
 }  // namespace picklejail::loader

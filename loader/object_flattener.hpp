@@ -26,8 +26,20 @@ struct FlattenedObject {
     std::string description;                     // JSON text (docs/output-format.md)
 };
 
+// What shape of object the description may have (docs/output-format.md).
+// `tree` (weights, checkpoint: state dicts): a container reached twice is
+// written twice, a cycle is malformed, and a tensor under a dict key that
+// cannot name it (a tuple, a tensor) is unsupported. `graph` (inert: whole
+// models, optimizers, omegaconf): shared containers are written once and
+// referred to ({"shared": K} / {"ref": K}), cycles through mutable ones are
+// kept, unhashable keys are malformed, and a tensor under a key that cannot
+// name it is named by the item's position, `path.#i` (`path.#i.key` for a
+// tensor that is the key: optimizers key their state by Parameter).
+enum class ObjectShape : std::uint8_t { tree, graph };
+
 // `storages` gives each tensor's saved location ("cuda:0"), for the description.
 [[nodiscard]] FlattenedObject flatten_object(const ValuePtr& root, const Limits& limits,
-                                             const StorageTable& storages);
+                                             const StorageTable& storages,
+                                             ObjectShape shape = ObjectShape::tree);
 
 }  // namespace picklejail::loader

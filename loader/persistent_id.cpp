@@ -4,6 +4,15 @@
 
 namespace picklejail::loader {
 
+ValuePtr legacy_module_class(const ValuePtr& pid) {
+    const auto* tuple = pid->as<TupleValue>();
+    if (tuple == nullptr || tuple->items.size() != 4) return nullptr;
+    const auto* tag = tuple->items[0]->as<StringValue>();
+    if (tag == nullptr || tag->utf8 != "module" || !tuple->items[1]->is<GlobalValue>())
+        return nullptr;
+    return tuple->items[1];
+}
+
 StoragePid parse_storage_pid(const ValuePtr& pid, std::size_t expected_arity,
                              const CallContext& ctx) {
     const auto* tuple = pid->as<TupleValue>();

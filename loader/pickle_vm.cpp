@@ -8,6 +8,7 @@
 #include "common/utf8.hpp"
 #include "loader/byte_reader.hpp"
 #include "loader/checked_math.hpp"
+#include "loader/inert_objects.hpp"
 
 namespace picklejail::loader {
 namespace {
@@ -684,19 +685,31 @@ void PickleVm::op_text_unicode(std::string_view text) {
 }
 
 void PickleVm::op_global(std::string_view module, std::string_view name) {
-    const std::string full = canonical_global_name(module, name);
+    const CanonicalGlobal canonical = canonical_global(module, name);
+    const std::string full = canonical.full();
+    // Messages name a renamed global as the file spells it, then as Python 3 resolves it.
+    std::string shown = printable_name(full);
+    if (module != canonical.module || name != canonical.name) {
+        shown = printable_name(std::string(module) + "." + std::string(name)) + " (" + shown + ")";
+    }
     if (std::find(info_.globals.begin(), info_.globals.end(), full) == info_.globals.end()) {
         info_.globals.push_back(full);
     }
-    const auto handler = ctx_.policy.resolve(module, name);
+    if (ctx_.policy.inert()) {
+        // Any name may become data here, so it must be one a client can print.
+        check_name_text(module, /*dots=*/true, "a global's module", ctx_);
+        check_name_text(name, /*dots=*/true, "a global's name", ctx_);
+        check_reference_name(full, canonical.module.size() + 1, ctx_, shown);
+    }
+    auto handler = ctx_.policy.resolve(module, name);
+    if (!handler && ctx_.policy.inert()) handler = Handler::reference;
     if (!handler) {
-        fail(ErrorCode::forbidden_global, "global " + printable_name(full) +
-                                              " is not allowed by policy \"" + ctx_.policy.name() +
-                                              "\"");
+        fail(ErrorCode::forbidden_global,
+             "global " + shown + " is not allowed by policy \"" + ctx_.policy.name() + "\"");
     }
     if (*handler == Handler::dtype) {
         // torch.float32 and friends are values (the v3 dtype argument), not callables.
-        const auto dtype = dtype_from_torch_name(name);
+        const auto dtype = dtype_from_torch_name(canonical.name);
         if (!dtype)
             fail(ErrorCode::unsupported, "dtype " + full + " has no safetensors equivalent");
         push(ctx_.arena.make(DTypeValue{*dtype}));
@@ -744,6 +757,17 @@ void PickleVm::op_reduce() {
     auto args = pop();
     auto callee = pop();
     const auto* global = callee->as<GlobalValue>();
+    if (const auto* method = callee->as<MethodValue>()) {
+        // Real files store bound methods (schedulers' anneal_func); only attacks call them.
+        fail(ErrorCode::forbidden_global, "calling the bound method " + method->name + " of a " +
+                                              describe(*method->self) + " is refused");
+    }
+    if (const auto* record = callee->as<RecordValue>()) {
+        // An object kept as data (inert) is never callable: calling one is
+        // __call__, code (functools.partial(os.system, ...)(), a modelscan bypass).
+        fail(ErrorCode::forbidden_global,
+             "calling a " + record->class_name + " object is refused (records are data)");
+    }
     if (global == nullptr)
         fail(ErrorCode::malformed, "REDUCE on a " + describe(*callee) + ", not a global");
     if (!args->is<TupleValue>()) fail(ErrorCode::malformed, "REDUCE arguments are not a tuple");
@@ -751,20 +775,15 @@ void PickleVm::op_reduce() {
 }
 
 void PickleVm::op_newobj(bool with_kwargs) {
-    if (with_kwargs) {
-        auto kwargs = pop();
-        const auto* dict = kwargs->as<DictValue>();
-        if (dict == nullptr || !dict->items.empty()) {
-            fail(ErrorCode::unsupported, "NEWOBJ_EX with keyword arguments");
-        }
-    }
+    ValuePtr kwargs;
+    if (with_kwargs) kwargs = pop();
     auto args = pop();
     auto cls = pop();
     const auto* global = cls->as<GlobalValue>();
     if (global == nullptr)
         fail(ErrorCode::malformed, "NEWOBJ on a " + describe(*cls) + ", not a class");
     if (!args->is<TupleValue>()) fail(ErrorCode::malformed, "NEWOBJ arguments are not a tuple");
-    push(new_object(*global, args, ctx_));
+    push(new_object(*global, args, kwargs, ctx_));
 }
 
 void PickleVm::op_build() {
@@ -784,6 +803,15 @@ void PickleVm::op_persistent(const ValuePtr& pid) {
 void PickleVm::op_setitems(std::vector<ValuePtr> items) {
     auto& target = top();
     auto* dict = target->as<DictValue>();
+    if (auto* record = target->as<RecordValue>(); record != nullptr && dict == nullptr) {
+        // A dict subclass (Lightning's AttributeDict) pickles its items after
+        // itself: kept as the record's items, never assigned through a method.
+        if (items.size() % 2 != 0)
+            fail(ErrorCode::malformed, "SETITEMS with an odd number of items");
+        for (std::size_t i = 0; i < items.size(); i += 2)
+            record->dict_items.emplace_back(std::move(items[i]), std::move(items[i + 1]));
+        return;
+    }
     if (dict == nullptr) {
         // CVE-2026-24747: item assignment on anything but a dict is refused.
         fail(ErrorCode::malformed, "SETITEM(S) on a " + describe(*target) + ", not a dict");
@@ -797,6 +825,10 @@ void PickleVm::op_setitems(std::vector<ValuePtr> items) {
 void PickleVm::op_appends(std::vector<ValuePtr> items) {
     auto& target = top();
     auto* list = target->as<ListValue>();
+    if (auto* record = target->as<RecordValue>(); record != nullptr && list == nullptr) {
+        for (auto& item : items) record->list_items.push_back(std::move(item));  // a list subclass
+        return;
+    }
     if (list == nullptr)
         fail(ErrorCode::malformed, "APPEND(S) on a " + describe(*target) + ", not a list");
     for (auto& item : items) list->items.push_back(std::move(item));

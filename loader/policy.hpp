@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "loader/handler.hpp"
 
@@ -33,13 +34,35 @@ class Policy {
     }
     [[nodiscard]] bool numpy_arrays_as_tensors() const noexcept { return numpy_arrays_as_tensors_; }
 
+    // "inert": a global the policy does not bind becomes a named reference
+    // (REDUCE/NEWOBJ/BUILD on it make inert records) instead of forbidden_global.
+    [[nodiscard]] bool inert() const noexcept { return inert_; }
+
+    // The "refused" entry that `full_name` ("module.qualname", canonical) falls
+    // under: equal to it, or it followed by '.'. Checked before any binding, and
+    // on every reference getattr makes, so a refused name is never data.
+    [[nodiscard]] std::optional<std::string> refusal(std::string_view full_name) const;
+
   private:
     std::string name_;
     std::map<std::string, Handler, std::less<>> globals_;
     bool numpy_arrays_as_tensors_ = false;
+    bool inert_ = false;
+    std::vector<std::string> refused_;  // "refused": modules and globals, as dotted prefixes
 };
 
-// "module.name" after the legacy module renames.
+// A global as Python 3 resolves it: Python 2 names (`__builtin__.long`,
+// `cPickle.loads`) mapped as pickle's _compat_pickle maps them, and torch's
+// own module renames.
+struct CanonicalGlobal {
+    std::string module;
+    std::string name;
+
+    [[nodiscard]] std::string full() const { return module + "." + name; }
+};
+[[nodiscard]] CanonicalGlobal canonical_global(std::string_view module, std::string_view name);
+
+// canonical_global(module, name).full(): "module.name".
 [[nodiscard]] std::string canonical_global_name(std::string_view module, std::string_view name);
 
 }  // namespace picklejail::loader

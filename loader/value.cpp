@@ -35,15 +35,20 @@ std::string describe(const Value& value) {
         std::string operator()(const TensorValue&) const { return "tensor"; }
         std::string operator()(const DTypeValue&) const { return "dtype"; }
         std::string operator()(const DeviceValue&) const { return "torch.device"; }
-        std::string operator()(const RecordValue& r) const { return r.class_name + " object"; }
-        std::string operator()(const TensorKindValue&) const { return "tensor"; }
+        std::string operator()(const Boxed<RecordValue>& r) const {
+            return r.held->class_name + " object";
+        }
+        std::string operator()(const MethodValue& m) const {
+            return "bound method " + m.name + " of a " + describe(*m.self);
+        }
+        std::string operator()(const Boxed<TensorKindValue>&) const { return "tensor"; }
     };
     return std::visit(Namer{}, value.v);
 }
 
 bool is_container(const Value& value) noexcept {
     return value.is<ListValue>() || value.is<TupleValue>() || value.is<SetValue>() ||
-           value.is<DictValue>() || value.is<RecordValue>();
+           value.is<DictValue>() || value.is<RecordValue>() || value.is<MethodValue>();
 }
 
 std::optional<std::int64_t> as_int(const Value& value) {

@@ -38,6 +38,12 @@ void print_text(const nlohmann::json& report) {
     for (const auto& [alias, kept] : report["aliases"].items()) {
         std::printf("  %-40s alias of %s\n", alias.c_str(), kept.get<std::string>().c_str());
     }
+    // Objects kept as data (checkpoint, inert): what a client will see as
+    // picklejail.Record and picklejail.Global.
+    if (!report["records"].empty()) std::printf("records:\n");
+    for (const auto& r : report["records"]) std::printf("  %s\n", r.get<std::string>().c_str());
+    if (!report["references"].empty()) std::printf("references:\n");
+    for (const auto& g : report["references"]) std::printf("  %s\n", g.get<std::string>().c_str());
 }
 
 }  // namespace

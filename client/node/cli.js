@@ -4,11 +4,14 @@
  * picklejail-node: load a checkpoint through picklejaild and list its tensors.
  *
  *   node client/node/cli.js [--socket S] [--transport shm|inline] [--policy P]
- *                           [--select NAME]... [--json] [--inspect] FILE
+ *                           [--select NAME]... [--mmap] [--json] [--inspect] FILE
  *
  * Prints one line per stored tensor: name, dtype, shape (JSON) and the sha256 of its
- * bytes, tab-separated. --json prints the same as one JSON object (with the aliases and
- * the image's __metadata__). --inspect prints the daemon's inspect report as JSON.
+ * bytes, tab-separated. --json prints the same as one JSON object (with the aliases, the
+ * image's __metadata__, and the record classes and references the object description
+ * names, as `picklejail inspect --json` lists them). --mmap sends the file as an fd and
+ * reads the tensors it holds verbatim from it (README.md). --inspect prints the daemon's
+ * inspect report as JSON.
  * On error: "picklejail: CODE: message" on stderr and exit status 1 (2 for usage errors).
  */
 
@@ -16,10 +19,10 @@ const crypto = require('crypto');
 const picklejail = require('./picklejail');
 
 const USAGE = 'usage: picklejail-node [--socket S] [--transport shm|inline] [--policy P] ' +
-  '[--select NAME]... [--json] [--inspect] FILE';
+  '[--select NAME]... [--mmap] [--json] [--inspect] FILE';
 
 function parseArgs(argv) {
-  const opts = { select: [], json: false, inspect: false };
+  const opts = { select: [], json: false, inspect: false, mmap: false };
   const files = [];
   const takesValue = new Set(['--socket', '--transport', '--policy', '--select']);
   for (let i = 0; i < argv.length; i++) {
@@ -31,6 +34,7 @@ function parseArgs(argv) {
     if (arg === '-h' || arg === '--help') return { help: true };
     if (arg === '--json') { opts.json = true; continue; }
     if (arg === '--inspect') { opts.inspect = true; continue; }
+    if (arg === '--mmap') { opts.mmap = true; continue; }
     let value;
     const eq = arg.indexOf('=');
     if (arg.startsWith('--') && eq > 0) {
@@ -78,12 +82,14 @@ async function main(argv) {
     return 0;
   }
   callOpts.transport = opts.transport;
+  if (opts.mmap) callOpts.mmap = true;
   const result = await picklejail.load(opts.file, callOpts);
   if (opts.json) {
     const tensors = {};
     for (const [name, t] of result.tensors) {
       tensors[name] = { dtype: t.dtype, shape: t.shape, sha256: sha256(t.data) };
       if (t.complex128) tensors[name].complex128 = true;
+      if (t.mapped) tensors[name].mapped = true;
     }
     const out = {
       file: opts.file,
@@ -92,6 +98,7 @@ async function main(argv) {
       aliases: Object.fromEntries(result.aliases),
       __metadata__: result.metadata,
     };
+    if (result.object !== undefined) Object.assign(out, picklejail.objectNames(result.object));
     process.stdout.write(`${JSON.stringify(out)}\n`);
   } else {
     const lines = [];

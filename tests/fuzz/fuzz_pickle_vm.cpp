@@ -1,8 +1,9 @@
 // The restricted pickle machine on arbitrary bytes (loader/pickle_vm.hpp),
-// then everything that walks what it built: the flattener (names, aliases,
-// the JSON description) and the safetensors writer, whose image must pass the
-// checker. Persistent ids are parsed as torch's readers parse them (5 or 6
-// fields) and bound to zero-filled storages of the declared size.
+// under the checkpoint policy and under inert (references, records, getattr,
+// the object graph with shared nodes and cycles), then everything that walks what it built: the
+// flattener (names, aliases, the JSON description) and the safetensors writer, whose image must
+// pass the checker. Persistent ids are parsed as torch's readers parse them (5 or 6 fields) and
+// bound to zero-filled storages of the declared size.
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -57,19 +58,29 @@ void write_image(const FlattenedObject& flat, const StorageTable& storages, cons
 
 }  // namespace
 
-extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-    const auto input = std::as_bytes(std::span(data, size));
+namespace {
+
+void run_under(const Policy& policy, std::span<const std::byte> input) {
     const Limits limits = fuzz::fuzz_limits();
     StorageTable storages(limits);
     ObjectArena arena(limits);
-    CallContext ctx{fuzz::checkpoint_policy(), limits, storages, arena};
+    CallContext ctx{policy, limits, storages, arena};
     try {
         PickleVm vm(input, ctx, &load_storage);
         const ValuePtr root = vm.run();
-        const FlattenedObject flat = flatten_object(root, limits, storages);
+        const FlattenedObject flat = flatten_object(
+            root, limits, storages, policy.inert() ? ObjectShape::graph : ObjectShape::tree);
         write_image(flat, storages, limits);
     } catch (const Error&) {
         // Every refusal is an Error; anything else escapes and is a finding.
     }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+    const auto input = std::as_bytes(std::span(data, size));
+    run_under(fuzz::checkpoint_policy(), input);
+    run_under(fuzz::inert_policy(), input);
     return 0;
 }

@@ -43,6 +43,12 @@ inline const loader::Policy& checkpoint_policy() {
     return policy;
 }
 
+inline const loader::Policy& inert_policy() {
+    static const loader::Policy policy =
+        loader::Policy::from_json(read_policy_file("inert.json"), &checkpoint_policy());
+    return policy;
+}
+
 // The defaults scaled down so that any one input finishes in milliseconds and
 // a few hundred MiB; the nesting cap stays at its default, since recursion
 // depth is what a smaller cap would hide.

@@ -171,3 +171,56 @@ def test_corpus_expectations_cover_index():
         if row["code"] == "ok":
             assert label in ("BENIGN", "SUSPICIOUS"), name
             assert r["pickle_layer_verdict"].startswith("accept"), name
+
+
+# ---------------------------------------------------------------- the inert policy
+# What inert keeps as data on purpose (docs/security.md, "What is deliberately not
+# refused"): classes and a model's own modules become records, never objects.
+INERT_KEEPS = {"builtins.object", "builtins.type", "torch.nn.Module", "functools.partial",
+               "__main__.Exploit", "__torch__.Model",
+               "sklearn.linear_model._logistic.LogisticRegression"}
+CODE_CASES = [c for c in CASES if c.cls in ("code_global", "training_sabotage")
+              and c.code == "forbidden_global"]
+
+
+def image_globals(image):
+    (n,) = struct.unpack_from("<Q", image)
+    return json.loads(json.loads(image[8:8 + n])["__metadata__"]["picklejail.globals"])
+
+
+@pytest.mark.parametrize("case", CODE_CASES, ids=[c.name for c in CODE_CASES])
+def test_generated_code_under_inert(case, hostile_dir, convert_one):
+    """Every code-running file is still refused by inert, except the names it keeps as data."""
+    outcome = convert_one(hostile_dir / case.name, "generated", policy="inert",
+                          limits=case.limits or None, deadline_s=DEADLINE_S,
+                          memory_bytes=MEMORY_BYTES)
+    if case.contains in INERT_KEEPS:
+        check_outcome(outcome, "ok", "", f"{case.name} under inert ({case.what})")
+        assert case.contains in image_globals(outcome.output)
+    else:
+        check_outcome(outcome, "forbidden_global", "", f"{case.name} under inert ({case.what})")
+
+
+def test_inert_keeps_only_what_it_documents():
+    kept = {c.contains for c in CODE_CASES} & INERT_KEEPS
+    assert kept == INERT_KEEPS, INERT_KEEPS - kept
+
+
+@pytest.mark.parametrize("row", CORPUS_ROWS, ids=[r["file"] for r in CORPUS_ROWS])
+def test_corpus_under_inert(row, convert_one):
+    """The public corpus under inert: nothing crashes or overruns, and a file weights refuses
+    by a global is either refused or holds that global only as a name (a record or
+    reference: picklejail.globals lists it, nothing resolved or called)."""
+    path = CORPUS / row["dir"] / row["file"]
+    outcome = convert_one(path, "corpus", policy="inert", limits=None,
+                          deadline_s=DEADLINE_S, memory_bytes=MEMORY_BYTES)
+    what = f"{row['file']} under inert ({row['why']})"
+    assert outcome.code not in CRASH_CODES, f"{what}: {outcome.code}: {outcome.message}"
+    assert outcome.seconds < DEADLINE_S + SLACK_S, f"{what}: took {outcome.seconds:.1f} s"
+    check_message(outcome)
+    if outcome.code == "ok":
+        check_safetensors(outcome.output)
+        if row["code"] == "forbidden_global" and row["contains"] not in ("", "-"):
+            named = image_globals(outcome.output)
+            assert any(row["contains"].startswith(g) or g.startswith(row["contains"])
+                       for g in named), f"{what}: {row['contains']} not among {named}"

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <thread>
 
 #include "ipc/unique_fd.hpp"
@@ -146,6 +147,38 @@ TEST_CASE("the C++ client's mapped load views the checkpoint file itself") {
     for (const auto& [key, stored] : mapped.metadata()) {  // aliases reach mapped tensors too
         if (key.starts_with("picklejail.") || key == "format") continue;
         CHECK(mapped.find(key) != nullptr);
+    }
+}
+
+TEST_CASE("the C++ client hands records and references back as data (inert)") {
+    DaemonProcess daemon;
+    Client client(daemon.socket());
+    const auto model = client.load(kFixtures / "realworld" / "yolov5_model.pt", {"inert", {}});
+    const auto names = model.object_names();
+    CHECK(names.records.contains("models.yolo.DetectionModel"));
+    CHECK(names.records.contains("torch.nn.modules.conv.Conv2d"));
+    const auto object = model.object();
+    REQUIRE(object.contains("dict"));
+    nlohmann::json record;  // {"epoch": ..., "model": DetectionModel record, ...}
+    for (const auto& entry : object["dict"]) {
+        if (entry.at(0) == "model") record = entry.at(1);
+    }
+    REQUIRE(record.is_object());
+    if (record.contains("shared")) record = record["value"];
+    CHECK(record["object"] == "models.yolo.DetectionModel");
+    // The module's tensors are named as state_dict() names them, under its path.
+    CHECK(model.find("model.model.0.conv.weight") != nullptr);
+
+    const auto sd = client.load(kFixtures / "realworld" / "sd_v1.ckpt", {"inert", {}});
+    CHECK(sd.object_names().references ==
+          std::set<std::string>{"pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"});
+    // The strict default refuses the same file by the global's name.
+    try {
+        (void)client.load(kFixtures / "realworld" / "sd_v1.ckpt");
+        FAIL("loaded under weights");
+    } catch (const Error& e) {
+        CHECK(e.code() == ErrorCode::forbidden_global);
+        CHECK(std::string(e.what()).find("ModelCheckpoint") != std::string::npos);
     }
 }
 

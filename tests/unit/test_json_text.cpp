@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "common/error.hpp"
 #include "loader/json_text.hpp"
 
 using picklejail::loader::append_json_double;
@@ -39,10 +40,16 @@ TEST_CASE("json_text: strings are escaped as nlohmann escapes them") {
     }
 }
 
-TEST_CASE("json_text: invalid UTF-8 is refused, not copied") {
+TEST_CASE("json_text: invalid UTF-8 is refused as malformed, not copied") {
     for (const std::string bad : {"\xff", "a\xc3", "\xed\xa0\x80", "\xc0\xaf"}) {
         std::string out;
-        CHECK_THROWS_AS(append_json_string(out, bad), nlohmann::json::type_error);
+        try {
+            append_json_string(out, bad);
+            FAIL("accepted");
+        } catch (const picklejail::Error& e) {
+            CHECK(e.code() == picklejail::ErrorCode::malformed);
+        }
+        CHECK(out.empty());
     }
 }
 

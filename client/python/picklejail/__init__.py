@@ -18,12 +18,14 @@ from .errors import (Busy, Denied, ForbiddenGlobal, Internal, InvalidRequest, Io
                      PicklejailError, ProtocolError, ResourceExceeded, SandboxViolation, Timeout,
                      TooLarge, Unavailable, Unsupported, WorkerCrashed)
 from .patch import patch_torch_load
-from .rebuild import GlobalRef, Record
+from .objects import ArrayKey, Global, Method, Record, state_dict
+from .rebuild import GlobalRef
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "load", "convert", "inspect", "patch_torch_load", "Record", "GlobalRef",
+    "load", "convert", "inspect", "patch_torch_load", "Record", "Global", "Method", "ArrayKey",
+    "state_dict", "GlobalRef",
     "PicklejailError", "ForbiddenGlobal", "Malformed", "Unsupported", "TooLarge", "Timeout",
     "SandboxViolation", "WorkerCrashed", "ResourceExceeded", "Busy", "Denied", "IoError",
     "InvalidRequest", "Internal", "ProtocolError", "Unavailable",

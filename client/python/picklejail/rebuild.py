@@ -13,54 +13,12 @@ import math
 
 from . import tensor_kinds
 from .errors import Malformed
+from .objects import ArrayKey, Global, Method, Record
 from .image import recursion_room, tensor_dict_entries
 
 
-class Record:
-    """Stand-in for an instance of an allowed class that is not rebuilt as itself.
-
-    The checkpoint policy keeps objects such as omegaconf's DictConfig or
-    Lightning's AttributeDict as data: `cls` is the class's "module.qualname",
-    `args` what it was constructed with and `state` what was restored into it
-    (usually a dict of attributes), each rebuilt like any other value.
-    """
-
-    __slots__ = ("cls", "args", "state")
-
-    def __init__(self, cls, args, state):
-        self.cls = cls
-        self.args = args
-        self.state = state
-
-    def __repr__(self):
-        return f"picklejail.Record({self.cls!r}, args={self.args!r}, state={self.state!r})"
-
-    def __eq__(self, other):
-        return isinstance(other, Record) and (self.cls, self.args, self.state) == (
-            other.cls, other.args, other.state)
-
-    __hash__ = None  # mutable contents
-
-
-class GlobalRef:
-    """Stand-in for an allowed global that the file holds as a value (a class, a function).
-
-    The real object is never looked up: `name` is its "module.qualname".
-    """
-
-    __slots__ = ("name",)
-
-    def __init__(self, name):
-        self.name = name
-
-    def __repr__(self):
-        return f"picklejail.GlobalRef({self.name!r})"
-
-    def __eq__(self, other):
-        return isinstance(other, GlobalRef) and self.name == other.name
-
-    def __hash__(self):
-        return hash((GlobalRef, self.name))
+# The names this module gave them before: GlobalRef is Global.
+GlobalRef = Global
 
 
 # A tensor that `select` left out: dropped from mappings, None in sequences.
@@ -95,6 +53,7 @@ class _Rebuilder:
         self._stored = builder.stored_arrays(image)
         self._used = set()      # stored names already handed out
         self._by_id = {}        # description id -> the object for it
+        self._shared_objects = []  # "shared" K -> the object made for it
 
     def value(self, node):
         """A node where an unselected tensor simply becomes None."""
@@ -133,6 +92,8 @@ class _Rebuilder:
             key, value = pair
             if type(key) is not str:
                 key = self.value(key)
+                if type(key).__name__ == "ndarray" and type(key).__module__ == "numpy":
+                    key = ArrayKey(key)  # a Parameter key (optimizer state) under numpy
                 try:
                     hash(key)
                 except TypeError:
@@ -267,7 +228,7 @@ class _Rebuilder:
     def _global(self, name, node):
         if not isinstance(name, str):
             _fail("global node does not hold a name")
-        return GlobalRef(name)
+        return Global(name)
 
     # ------------------------------------------------------------ tensors and records
 
@@ -322,15 +283,118 @@ class _Rebuilder:
     def _record(self, cls, node):
         if not isinstance(cls, str):
             _fail("object node does not name its class")
-        args = self.value(node.get("args"))
+        if _namespace_node(cls, node):
+            return self._fill_namespace(argparse.Namespace(), node)
+        return self._fill_record(Record(cls), node)
+
+    def _fill_namespace(self, namespace, node):
         state = self.value(node.get("state"))
-        no_args = args is None or (isinstance(args, tuple) and not args)
-        if cls == "argparse.Namespace" and no_args and (
-                state is None or isinstance(state, dict) and all(isinstance(k, str) for k in state)):
-            namespace = argparse.Namespace()
-            vars(namespace).update(state or {})
-            return namespace
-        return Record(cls, args, state)
+        if state is not None and not (isinstance(state, dict) and
+                                      all(isinstance(k, str) for k in state)):
+            _fail("an argparse.Namespace state is not a dict of attribute names")
+        vars(namespace).update(state or {})
+        return namespace
+
+    def _fill_record(self, record, node):
+        args = self.value(node.get("args"))
+        record.args = () if args is None else args
+        if not isinstance(record.args, tuple):
+            _fail(f"{record.name} record's args are not a tuple")
+        if "kwargs" in node:
+            kwargs = self.value(node["kwargs"])
+            if not isinstance(kwargs, dict):
+                _fail(f"{record.name} record's kwargs are not a dict")
+            record.kwargs = kwargs
+        record.state = self.value(node.get("state"))
+        if "dictitems" in node:
+            for key, value in self._pairs(node["dictitems"]):
+                record.dictitems[key] = value
+        if "listitems" in node:
+            record.listitems.extend(self._items(node["listitems"]))
+        return record
+
+    def _method(self, name, node):
+        if not isinstance(name, str):
+            _fail("method node does not name its attribute")
+        return Method(name, self.value(node.get("self")))
+
+    # ------------------------------------------------------------ shared objects
+
+    def _shared(self, ident, node):
+        """{"shared": K, "value": node}: made once; mutable ones exist before their contents."""
+        if type(ident) is not int or ident != len(self._shared_objects):
+            _fail(f"shared object {ident!r} out of order")
+        inner = node.get("value")
+        self._shared_objects.append(_BEING_BUILT)
+        shell = self._shell(inner)
+        if shell is None:  # immutable: complete before anything can refer to it
+            value = self.node(inner)
+            self._shared_objects[ident] = value
+            return value
+        obj, fill = shell
+        self._shared_objects[ident] = obj
+        fill(obj)
+        return obj
+
+    def _ref(self, ident, node):
+        if type(ident) is not int or not 0 <= ident < len(self._shared_objects):
+            _fail(f"reference to unknown shared object {ident!r}")
+        value = self._shared_objects[ident]
+        if value is _BEING_BUILT:
+            _fail("an immutable object (tuple, frozenset) contains itself")
+        return value
+
+    def _shell(self, inner):
+        """(empty object, function filling it) for a mutable node; None otherwise."""
+        if type(inner) is list:
+            return [], lambda obj: obj.extend(self._items(inner))
+        if type(inner) is not dict:
+            return None
+        if "object" in inner and isinstance(inner["object"], str):
+            if _namespace_node(inner["object"], inner):
+                return argparse.Namespace(), lambda obj: self._fill_namespace(obj, inner)
+            return Record(inner["object"]), lambda obj: self._fill_record(obj, inner)
+        if "method" in inner and isinstance(inner["method"], str):
+            # A scheduler's bound method whose owner holds it: the owner refers back.
+            return (Method(inner["method"], None),
+                    lambda obj: setattr(obj, "obj", self.value(inner.get("self"))))
+        for tag, make in _MAPPING_SHELLS:
+            if tag in inner:
+                if tag == "defaultdict":
+                    factory = inner.get("factory")
+                    if factory is not None and factory not in _DEFAULT_FACTORIES:
+                        _fail(f"defaultdict factory {factory!r} is not one the policy allows")
+                    return (collections.defaultdict(_DEFAULT_FACTORIES.get(factory)),
+                            lambda obj: self._fill(obj, inner[tag], inner))
+                if tag.endswith("_of_tensors"):
+                    return make(), lambda obj: self._fill_tensors(obj, inner)
+                return make(), lambda obj: self._fill(obj, inner[tag], inner)
+        if "set" in inner:
+            def fill_set(obj):
+                try:
+                    obj.update(self._items(inner["set"]))
+                except TypeError:
+                    _fail("set of unhashable values")
+            return set(), fill_set
+        return None
+
+
+def _namespace_node(cls, node):
+    """An argparse.Namespace made with no arguments: rebuilt as a real Namespace."""
+    args = node.get("args")
+    no_args = args is None or args == {"tuple": []}
+    return cls == "argparse.Namespace" and no_args and not any(
+        key in node for key in ("kwargs", "dictitems", "listitems"))
+
+
+_BEING_BUILT = object()
+
+# Mapping nodes whose object can exist before its entries (for cycles).
+_MAPPING_SHELLS = (
+    ("odict_of_tensors", collections.OrderedDict), ("dict_of_tensors", dict),
+    ("odict", collections.OrderedDict), ("dict", dict), ("counter", collections.Counter),
+    ("defaultdict", None),
+)
 
 
 # Node tags and their handlers, tried in this order. A class-level table of
@@ -338,7 +402,8 @@ class _Rebuilder:
 # reference cycle, which only the cyclic GC (paused while loading) could free,
 # keeping the whole image alive until it ran.
 _TAGS = (
-    ("tensor", _Rebuilder._tensor), ("sparse", _Rebuilder._sparse),
+    ("tensor", _Rebuilder._tensor), ("ref", _Rebuilder._ref), ("shared", _Rebuilder._shared),
+    ("method", _Rebuilder._method), ("sparse", _Rebuilder._sparse),
     ("quantized", _Rebuilder._quantized), ("meta_tensor", _Rebuilder._meta_tensor),
     ("odict_of_tensors", _Rebuilder._odict_of_tensors),
     ("dict_of_tensors", _Rebuilder._dict_of_tensors), ("object", _Rebuilder._record),

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common/error.hpp"
+#include "ipc/object_names.hpp"
 
 namespace picklejail {
 
@@ -52,6 +53,15 @@ class LoadedImage {
     [[nodiscard]] std::span<const std::byte> file_bytes() const noexcept;
     // What the daemon said: "format", "tensors", "policy", "cached", ...
     [[nodiscard]] const nlohmann::json& reply() const noexcept;
+    // The object the checkpoint holds, as data (docs/output-format.md): tensors
+    // as {"tensor": name} (look it up with find()), objects kept as data as
+    // {"object": "module.qualname", "args", "state"} records, globals as
+    // {"global": name} references, shared objects as {"shared"}/{"ref"}. Null
+    // when the image has no description. Parsed on each call.
+    [[nodiscard]] nlohmann::json object() const;
+    // The record classes and references that object names (what `inspect`
+    // lists): names only, never resolved.
+    [[nodiscard]] ipc::ObjectNames object_names() const;
 
     struct Impl;
     explicit LoadedImage(std::unique_ptr<Impl> impl);
