@@ -144,12 +144,14 @@ class Flattener {
     // stops with too_large here instead of exhausting memory first.
     void spend(std::uint64_t bytes) {
         header_bytes_ += std::min<std::uint64_t>(bytes, limits_.max_header_bytes + 1);
-        if (header_bytes_ > limits_.max_header_bytes) {
-            throw Error(ErrorCode::too_large,
-                        "the object's description and tensor names need more than " +
-                            std::to_string(limits_.max_header_bytes) +
-                            " bytes of safetensors header (limit max_header_bytes)");
-        }
+        if (header_bytes_ > limits_.max_header_bytes) fail_header_too_large();
+    }
+
+    [[noreturn, gnu::noinline, gnu::cold]] void fail_header_too_large() const {
+        throw Error(ErrorCode::too_large,
+                    "the object's description and tensor names need more than " +
+                        std::to_string(limits_.max_header_bytes) +
+                        " bytes of safetensors header (limit max_header_bytes)");
     }
 
     // A container reached more than once is written whole at its first
@@ -161,16 +163,26 @@ class Flattener {
         if (shape_ == ObjectShape::tree) return walk_tree(value, depth);
         const Value* node = value.get();
         if (!is_container(*value) || !shared_.contains(node)) return visit(*value, depth);
+        if (!open_shared(*value)) return;
+        visit(*value, depth);
+        on_path_.erase(node);
+        text_.push_back('}');
+    }
+
+    // Writes {"ref": K} for a shared container seen before (false), or opens
+    // {"shared": K, "value": for its first occurrence (true).
+    [[gnu::noinline]] bool open_shared(const Value& value) {
+        const Value* node = &value;
         if (const auto known = shared_ids_.find(node); known != shared_ids_.end()) {
-            if (on_path_.contains(node) && is_immutable(*value)) {
-                throw Error(ErrorCode::unsupported, "a " + describe(*value) +
+            if (on_path_.contains(node) && is_immutable(value)) {
+                throw Error(ErrorCode::unsupported, "a " + describe(value) +
                                                         " contains itself (a reference cycle at " +
                                                         path_string() + ")");
             }
             text_ += "{\"ref\":";
             append_json_integer(text_, known->second);
             text_.push_back('}');
-            return;
+            return false;
         }
         const auto id = static_cast<std::int64_t>(shared_ids_.size());
         shared_ids_.emplace(node, id);
@@ -178,9 +190,7 @@ class Flattener {
         append_json_integer(text_, id);
         text_ += ",\"value\":";
         on_path_.insert(node);
-        visit(*value, depth);
-        on_path_.erase(node);
-        text_.push_back('}');
+        return true;
     }
 
     // The tree shape: what is reached twice is written twice (the visit and
@@ -188,12 +198,14 @@ class Flattener {
     void walk_tree(const ValuePtr& value, std::size_t depth) {
         // Only a container can lead back to itself; leaves skip the bookkeeping.
         const bool container = is_container(*value);
-        if (container && !on_path_.insert(value.get()).second) {
-            throw Error(ErrorCode::malformed,
-                        "the object contains itself (a reference cycle at " + path_string() + ")");
-        }
+        if (container && !on_path_.insert(value.get()).second) fail_cycle();
         visit(*value, depth);
         if (container) on_path_.erase(value.get());
+    }
+
+    [[noreturn, gnu::noinline, gnu::cold]] void fail_cycle() const {
+        throw Error(ErrorCode::malformed,
+                    "the object contains itself (a reference cycle at " + path_string() + ")");
     }
 
     // Python could not have built it, and a set or dict that holds itself
@@ -276,17 +288,21 @@ class Flattener {
     // What reaching any node costs: a byte of header, a visit, a level of depth.
     void enter(std::size_t depth) {
         spend(1);
-        if (++visited_ > limits_.max_objects) {
-            throw Error(ErrorCode::too_large,
-                        "object graph expands to more than " + std::to_string(limits_.max_objects) +
-                            " nodes (limit max_objects; shared references are "
-                            "counted each time they are reached)");
-        }
-        if (depth > limits_.max_nesting_depth) {
-            throw Error(ErrorCode::too_large, "containers nested deeper than " +
-                                                  std::to_string(limits_.max_nesting_depth) +
-                                                  " (limit max_nesting_depth)");
-        }
+        if (++visited_ > limits_.max_objects) fail_too_many_objects();
+        if (depth > limits_.max_nesting_depth) fail_too_deep();
+    }
+
+    [[noreturn, gnu::noinline, gnu::cold]] void fail_too_many_objects() const {
+        throw Error(ErrorCode::too_large, "object graph expands to more than " +
+                                              std::to_string(limits_.max_objects) +
+                                              " nodes (limit max_objects; shared references are "
+                                              "counted each time they are reached)");
+    }
+
+    [[noreturn, gnu::noinline, gnu::cold]] void fail_too_deep() const {
+        throw Error(ErrorCode::too_large, "containers nested deeper than " +
+                                              std::to_string(limits_.max_nesting_depth) +
+                                              " (limit max_nesting_depth)");
     }
 
     // {"tag":
@@ -308,7 +324,31 @@ class Flattener {
         append_json_double(text_, value);
     }
 
+    // The recursion runs walk -> visit -> a container's writer -> walk, at most
+    // max_nesting_depth times: those frames stay small (leaves, messages and
+    // their string temporaries live in frames of their own), so the default
+    // limit fits an 8 MiB stack even in a sanitizer build.
     void visit(const Value& value, std::size_t depth) {
+        if (const auto* l = value.as<ListValue>()) {
+            sequence(l->items, depth);
+        } else if (const auto* t = value.as<TupleValue>()) {
+            tuple(*t, depth);
+        } else if (const auto* set = value.as<SetValue>()) {
+            set_node(*set, depth);
+        } else if (const auto* d = value.as<DictValue>()) {
+            dict(*d, depth);
+        } else if (const auto* r = value.as<RecordValue>()) {
+            record(*r, depth);
+        } else if (const auto* m = value.as<MethodValue>()) {
+            method(*m, depth);
+        } else if (const auto* kind = value.as<TensorKindValue>()) {
+            tensor_kind(*kind, depth);
+        } else {
+            leaf(value);
+        }
+    }
+
+    [[gnu::noinline]] void leaf(const Value& value) {
         if (value.is<NoneValue>()) {
             text_ += "null";
         } else if (const auto* b = value.as<BoolValue>()) {
@@ -333,21 +373,6 @@ class Flattener {
         } else if (const auto* bytes = value.as<BytesValue>()) {
             spend((bytes->bytes.size() + 2) / 3 * 4);
             tagged_string(bytes->bytearray ? "bytearray" : "bytes", base64(bytes->bytes));
-        } else if (const auto* l = value.as<ListValue>()) {
-            sequence(l->items, depth);
-        } else if (const auto* t = value.as<TupleValue>()) {
-            open_tagged(t->torch_size ? "size" : "tuple");
-            sequence(t->items, depth);
-            text_.push_back('}');
-        } else if (const auto* set = value.as<SetValue>()) {
-            if (shape_ == ObjectShape::graph) {
-                for (const auto& item : set->items) check_hashable(*item, "set item");
-            }
-            open_tagged(set->frozen ? "frozenset" : "set");
-            sequence(set->items, depth);
-            text_.push_back('}');
-        } else if (const auto* d = value.as<DictValue>()) {
-            dict(*d, depth);
         } else if (const auto* tensor_value = value.as<TensorValue>()) {
             tensor(*tensor_value);
         } else if (const auto* dt = value.as<DTypeValue>()) {
@@ -355,12 +380,6 @@ class Flattener {
         } else if (const auto* dev = value.as<DeviceValue>()) {
             spend(dev->spec.size());
             tagged_string("device", dev->spec);
-        } else if (const auto* r = value.as<RecordValue>()) {
-            record(*r, depth);
-        } else if (const auto* m = value.as<MethodValue>()) {
-            method(*m, depth);
-        } else if (const auto* kind = value.as<TensorKindValue>()) {
-            tensor_kind(*kind, depth);
         } else if (const auto* g = value.as<GlobalValue>()) {
             tagged_string("global", g->name);
         } else {
@@ -369,11 +388,26 @@ class Flattener {
         }
     }
 
-    void sequence(const std::vector<ValuePtr>& items, std::size_t depth) {
+    [[gnu::noinline]] void tuple(const TupleValue& t, std::size_t depth) {
+        open_tagged(t.torch_size ? "size" : "tuple");
+        sequence(t.items, depth);
+        text_.push_back('}');
+    }
+
+    [[gnu::noinline]] void set_node(const SetValue& set, std::size_t depth) {
+        if (shape_ == ObjectShape::graph) {
+            for (const auto& item : set.items) check_hashable(*item, "set item");
+        }
+        open_tagged(set.frozen ? "frozenset" : "set");
+        sequence(set.items, depth);
+        text_.push_back('}');
+    }
+
+    [[gnu::noinline]] void sequence(const std::vector<ValuePtr>& items, std::size_t depth) {
         text_.push_back('[');
         for (std::size_t i = 0; i < items.size(); ++i) {
             if (i != 0) text_.push_back(',');
-            path_.push_back(std::to_string(i));
+            push_index(i);
             walk(items[i], depth + 1);
             path_.pop_back();
         }
@@ -403,7 +437,7 @@ class Flattener {
         return "dict";
     }
 
-    void dict(const DictValue& d, std::size_t depth) {
+    [[gnu::noinline]] void dict(const DictValue& d, std::size_t depth) {
         const bool module_buffers = &d == module_.buffers;
         if (!module_buffers && holds_plain_tensors(d)) return tensor_dict(d, depth);
         open_tagged(dict_tag(d.kind));
@@ -422,28 +456,44 @@ class Flattener {
 
     // [[key, value], ...]; in a module's __dict__ the _parameters, _buffers and
     // _modules keys are left out of tensor names, as state_dict() leaves them.
-    void pairs(const std::vector<std::pair<ValuePtr, ValuePtr>>& entries, std::size_t depth,
-               Pairs kind) {
+    [[gnu::noinline]] void pairs(const std::vector<std::pair<ValuePtr, ValuePtr>>& entries,
+                                 std::size_t depth, Pairs kind) {
         text_.push_back('[');
-        std::size_t index = 0;
-        for (const auto& [key, value] : entries) {
+        for (std::size_t index = 0; index < entries.size(); ++index) {
+            const auto& [key, value] = entries[index];
             text_ += index == 0 ? "[" : ",[";
-            auto component = key_component(*key);
-            const bool positional = !component && shape_ == ObjectShape::graph;
-            if (positional) check_hashable(*key, "dict key");
-            if (positional) component = "#" + std::to_string(index);
-            if (positional) path_.emplace_back(component);
-            if (positional) path_.emplace_back("key");
+            const bool positional = push_key_path(*key, index);
             walk(key, depth + 1);
             if (positional) path_.erase(path_.end() - 2, path_.end());
             text_.push_back(',');
-            path_.push_back(item_part(kind, *key, std::move(component)));
+            push_item_part(kind, *key, index, positional);
             walk(value, depth + 1);
             path_.pop_back();
             text_.push_back(']');
-            ++index;
         }
         text_.push_back(']');
+    }
+
+    // A key that cannot name a tensor is, in the graph shape, named by its
+    // position: "#i.key" (tensors inside the key) and "#i" (the value).
+    [[gnu::noinline]] bool push_key_path(const Value& key, std::size_t index) {
+        if (shape_ != ObjectShape::graph || key_component(key)) return false;
+        check_hashable(key, "dict key");
+        path_.emplace_back("#" + std::to_string(index));
+        path_.emplace_back("key");
+        return true;
+    }
+
+    [[gnu::noinline]] void push_item_part(Pairs kind, const Value& key, std::size_t index,
+                                          bool positional) {
+        path_.push_back(item_part(kind, key,
+                                  positional
+                                      ? std::optional<std::string>("#" + std::to_string(index))
+                                      : key_component(key)));
+    }
+
+    [[gnu::noinline]] void push_index(std::size_t index) {
+        path_.emplace_back(std::to_string(index));
     }
 
     // nullopt: a key that cannot name a tensor.
@@ -457,7 +507,7 @@ class Flattener {
         return component;
     }
 
-    void attributes(const DictValue& d, std::size_t depth) {
+    [[gnu::noinline]] void attributes(const DictValue& d, std::size_t depth) {
         if (!d.attributes) return;
         text_ += ",\"attrs\":";
         path_.push_back(std::nullopt);
@@ -497,7 +547,7 @@ class Flattener {
 
     // {"odict_of_tensors": [keys], "first_id": N, "prefix": "path.", "attrs": ...},
     // with each key and tensor counted and charged as walk() would.
-    void tensor_dict(const DictValue& d, std::size_t depth) {
+    [[gnu::noinline]] void tensor_dict(const DictValue& d, std::size_t depth) {
         open_tagged(d.kind == DictValue::Kind::ordered_dict ? "odict_of_tensors"
                                                             : "dict_of_tensors");
         text_.push_back('[');
@@ -531,7 +581,7 @@ class Flattener {
     // {"object": name, "args", "kwargs"?, "state"?, "dictitems"?, "listitems"?}.
     // Tensors in a record are named by field (a dict state's keys, the items),
     // by __args__.i / __kwargs__.key, and a module's as its state_dict() names them.
-    void record(const RecordValue& r, std::size_t depth) {
+    [[gnu::noinline]] void record(const RecordValue& r, std::size_t depth) {
         open_tagged("object");
         append_json_string(text_, r.class_name);
         text_ += ",\"args\":";
@@ -566,7 +616,7 @@ class Flattener {
     }
 
     // {"method": name, "self": node}: getattr(record, name), never called.
-    void method(const MethodValue& m, std::size_t depth) {
+    [[gnu::noinline]] void method(const MethodValue& m, std::size_t depth) {
         tagged_string_open("method", m.name);
         text_ += ",\"self\":";
         path_.emplace_back("__self__");
@@ -583,7 +633,7 @@ class Flattener {
 
     // A sparse, quantized or meta tensor: its own node, whose data tensors are
     // named under its path ("name.indices", "name.values"; loader/tensor_kinds.hpp).
-    void tensor_kind(const TensorKindValue& t, std::size_t depth) {
+    [[gnu::noinline]] void tensor_kind(const TensorKindValue& t, std::size_t depth) {
         const bool bare = path_.empty();  // torch.save(sparse): named like a bare tensor
         if (bare) path_.emplace_back("tensor");
         check_tensor_kind_data(t, storages_, path_string());

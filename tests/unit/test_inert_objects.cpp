@@ -270,6 +270,31 @@ TEST_CASE("inert: copyreg._reconstructor is the record of its class") {
     CHECK(out.object["state"] == nlohmann::json::parse(R"({"dict":[["x",1]]})"));
 }
 
+TEST_CASE("inert: nesting up to the limit through records and dicts fits the stack") {
+    // Each level is a record whose state is a dict holding the next record
+    // under a tuple key (positional names, the writers' largest frames):
+    // 499 levels are 998 containers deep, inside max_nesting_depth (1,000);
+    // a sanitizer build's frames are the largest this recursion sees.
+    const auto nested = [](int levels) {
+        std::string pickle = proto(2);
+        for (int level = 0; level < levels; ++level) {
+            pickle += global("m", "C") + kEmptyTuple + kNewobj + kEmptyDict + kMark + k(1) +
+                      op(0x85);
+        }
+        pickle += kEmptyList;
+        for (int level = 0; level < levels; ++level) pickle += kSetitems + kBuild;
+        return pickle + kStop;
+    };
+    const auto deepest = plan(nested(499));
+    REQUIRE(deepest.code == "ok");
+    const nlohmann::json* node = &deepest.object;
+    for (int level = 0; level < 499; ++level) node = &(*node)["state"]["dict"][0][1];
+    CHECK(*node == nlohmann::json::array());
+    const auto deeper = plan(nested(501));
+    CHECK(deeper.code == "too_large");
+    CHECK(contains(deeper.message, "max_nesting_depth"));
+}
+
 TEST_CASE("policy: 'refused' entries are dotted prefixes and can only be widened") {
     const Policy base = Policy::from_json(
         R"({"name":"b","inert":true,"refused":{"modules":["os"],"globals":["builtins.eval"]},"globals":{}})");
