@@ -1,6 +1,19 @@
 #include "loader/object_arena.hpp"
 
+#include <algorithm>
+
 namespace picklejail::loader {
+
+// Newest first: a tuple is built after its items, so freeing it lets them
+// go in the same pass. A freed container's children that are containers are
+// still held here, so freeing one never recurses down a deep chain.
+void ObjectArena::sweep() {
+    for (auto it = containers_.rbegin(); it != containers_.rend(); ++it) {
+        if (it->use_count() == 1) it->reset();
+    }
+    std::erase(containers_, nullptr);
+    next_sweep_ = std::max(kFirstSweep, 2 * containers_.size());
+}
 
 ObjectArena::~ObjectArena() {
     for (const ValuePtr& value : containers_) {

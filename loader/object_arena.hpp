@@ -29,6 +29,14 @@ class ObjectArena {
         return value;
     }
 
+    // Containers that only the arena still holds are garbage: nothing can
+    // reach them again. sweep() frees them; run it where no raw pointer into
+    // the graph is live (the VM does, between opcodes). Due each time the
+    // count of containers doubles, so sweeping costs O(1) per container.
+    [[nodiscard]] bool sweep_due() const noexcept { return containers_.size() >= next_sweep_; }
+    void sweep();
+    [[nodiscard]] std::size_t containers_held() const noexcept { return containers_.size(); }
+
     // Counts work that is proportional to the input's object graph, so a
     // "billion laughs" file fails with too_large instead of exhausting memory.
     void count_object() {
@@ -40,7 +48,10 @@ class ObjectArena {
 
   private:
     const Limits& limits_;
+    static constexpr std::size_t kFirstSweep = 4096;
+
     std::vector<ValuePtr> containers_;
+    std::size_t next_sweep_ = kFirstSweep;
     std::uint64_t objects_ = 0;
 };
 

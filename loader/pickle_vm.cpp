@@ -9,83 +9,12 @@
 #include "loader/byte_reader.hpp"
 #include "loader/checked_math.hpp"
 #include "loader/inert_objects.hpp"
+#include "loader/pickle_opcodes.hpp"
 
 namespace picklejail::loader {
 namespace {
 
-// Opcode bytes, named as in CPython's pickletools.
-enum Op : std::uint8_t {
-    MARK = '(',
-    STOP = '.',
-    POP = '0',
-    POP_MARK = '1',
-    DUP = '2',
-    FLOAT = 'F',
-    INT = 'I',
-    BININT = 'J',
-    BININT1 = 'K',
-    LONG = 'L',
-    BININT2 = 'M',
-    NONE = 'N',
-    PERSID = 'P',
-    BINPERSID = 'Q',
-    REDUCE = 'R',
-    STRING = 'S',
-    BINSTRING = 'T',
-    SHORT_BINSTRING = 'U',
-    UNICODE = 'V',
-    BINUNICODE = 'X',
-    APPEND = 'a',
-    BUILD = 'b',
-    GLOBAL = 'c',
-    DICT = 'd',
-    EMPTY_DICT = '}',
-    APPENDS = 'e',
-    GET = 'g',
-    BINGET = 'h',
-    INST = 'i',
-    LONG_BINGET = 'j',
-    LIST = 'l',
-    EMPTY_LIST = ']',
-    OBJ = 'o',
-    PUT = 'p',
-    BINPUT = 'q',
-    LONG_BINPUT = 'r',
-    SETITEM = 's',
-    TUPLE = 't',
-    EMPTY_TUPLE = ')',
-    SETITEMS = 'u',
-    BINFLOAT = 'G',
-    PROTO = 0x80,
-    NEWOBJ = 0x81,
-    EXT1 = 0x82,
-    EXT2 = 0x83,
-    EXT4 = 0x84,
-    TUPLE1 = 0x85,
-    TUPLE2 = 0x86,
-    TUPLE3 = 0x87,
-    NEWTRUE = 0x88,
-    NEWFALSE = 0x89,
-    LONG1 = 0x8a,
-    LONG4 = 0x8b,
-    BINBYTES = 'B',
-    SHORT_BINBYTES = 'C',
-    SHORT_BINUNICODE = 0x8c,
-    BINUNICODE8 = 0x8d,
-    BINBYTES8 = 0x8e,
-    EMPTY_SET = 0x8f,
-    ADDITEMS = 0x90,
-    FROZENSET = 0x91,
-    NEWOBJ_EX = 0x92,
-    STACK_GLOBAL = 0x93,
-    MEMOIZE = 0x94,
-    FRAME = 0x95,
-    BYTEARRAY8 = 0x96,
-    NEXT_BUFFER = 0x97,
-    READONLY_BUFFER = 0x98,
-};
-
-constexpr std::size_t kMaxTextOperand = 1 << 16;  // protocol-0 lines (names, numbers)
+using namespace pickle_op;  // NOLINT(google-build-using-namespace): the opcode names
 
 std::string hex_byte(std::uint8_t byte) {
     constexpr char kDigits[] = "0123456789abcdef";
@@ -130,7 +59,7 @@ bool is_valid_utf8(std::string_view text) noexcept {
 }
 
 PickleVm::PickleVm(std::span<const std::byte> pickle, CallContext& ctx, PersistentLoader persistent)
-    : pickle_(pickle), ctx_(ctx), persistent_(std::move(persistent)) {}
+    : pickle_(pickle), ctx_(ctx), persistent_(std::move(persistent)), memo_(pickle) {}
 
 void PickleVm::fail(ErrorCode code, const std::string& message) const {
     throw Error(code, message + " (pickle offset " + std::to_string(opcode_offset_) + ")");
@@ -209,6 +138,9 @@ ValuePtr PickleVm::run() {
         const bool more = step(opcode);
         check_frame(opcode);
         if (!more) break;
+        // Between opcodes nothing holds a container but the stack, the memo
+        // and the objects they reach, so what the arena alone holds is garbage.
+        if (ctx_.arena.sweep_due()) ctx_.arena.sweep();
     }
     info_.end_offset = position_;
     if (!marks_.empty()) fail(ErrorCode::malformed, "STOP with an unclosed MARK");
@@ -484,7 +416,7 @@ bool PickleVm::step(std::uint8_t opcode) {
             memo_put(in.le<4>("LONG_BINPUT index"));
             break;
         case MEMOIZE:
-            memo_put(memo_count_);  // Python: len(memo)
+            memo_put(memo_.size());  // Python: len(memo)
             break;
         case PUT: {
             const auto text = text_line("PUT index");
@@ -851,35 +783,27 @@ ValuePtr PickleVm::make_int(std::int64_t value) {
 
 void PickleVm::memo_put(std::uint64_t index) {
     if (index >= ctx_.limits.max_memo_index) fail(ErrorCode::too_large, "memo index too large");
-    ValuePtr* slot = nullptr;
-    if (index < memo_dense_.size()) {
-        slot = &memo_dense_[index];
-    } else if (index == memo_dense_.size() && !memo_sparse_.contains(index)) {
-        slot = &memo_dense_.emplace_back();
-    } else {
-        slot = &memo_sparse_[index];
+    const ValuePtr& value = top();  // an empty stack is malformed even if nothing reads the slot
+    // Only a new slot can pass the limit; rewriting one in use is fine.
+    if (memo_.size() >= ctx_.limits.max_memo_entries && !memo_.contains(index)) {
+        fail(ErrorCode::too_large, "more than " + std::to_string(ctx_.limits.max_memo_entries) +
+                                       " memo entries (limit max_memo_entries)");
     }
-    if (!*slot) {
-        if (memo_count_ >= ctx_.limits.max_memo_entries) {
-            fail(ErrorCode::too_large, "more than " + std::to_string(ctx_.limits.max_memo_entries) +
-                                           " memo entries (limit max_memo_entries)");
-        }
-        ++memo_count_;
-    }
-    *slot = top();
+    (void)memo_.put(index, value);
 }
 
 void PickleVm::memo_get(std::uint64_t index) {
-    const ValuePtr* slot = nullptr;
-    if (index < memo_dense_.size()) {
-        slot = &memo_dense_[index];
-    } else if (const auto it = memo_sparse_.find(index); it != memo_sparse_.end()) {
-        slot = &it->second;
+    ValuePtr value;
+    switch (memo_.get(index, value)) {
+        case PickleMemo::Lookup::found:
+            push(std::move(value));
+            return;
+        case PickleMemo::Lookup::never_stored:
+            fail(ErrorCode::malformed, "memo index " + std::to_string(index) + " was never stored");
+        case PickleMemo::Lookup::not_kept:  // the scan and the run disagree: a VM bug
+            fail(ErrorCode::internal, "memo index " + std::to_string(index) +
+                                          " is read, but the memo scan found no read of it");
     }
-    if (slot == nullptr || !*slot) {
-        fail(ErrorCode::malformed, "memo index " + std::to_string(index) + " was never stored");
-    }
-    push(*slot);
 }
 
 }  // namespace picklejail::loader

@@ -8,11 +8,11 @@
 #include <functional>
 #include <span>
 #include <string>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
 #include "loader/global_calls.hpp"
+#include "loader/pickle_memo.hpp"
 #include "loader/value.hpp"
 
 namespace picklejail::loader {
@@ -82,11 +82,7 @@ class PickleVm {
     PersistentLoader persistent_;
     std::vector<ValuePtr> stack_;
     std::vector<std::size_t> marks_;
-    // Pickles number memo slots 0, 1, 2, ... in order: a vector holds those
-    // without a hash node each; indices a hostile file scatters go to the map.
-    std::vector<ValuePtr> memo_dense_;
-    std::unordered_map<std::uint64_t, ValuePtr> memo_sparse_;
-    std::uint64_t memo_count_ = 0;  // slots in use (len(memo) in Python)
+    PickleMemo memo_;
     // None, True, False, () and small ints are immutable and shared, as in
     // Python: a checkpoint pushes several per tensor.
     ValuePtr none_, true_, false_, empty_tuple_;
