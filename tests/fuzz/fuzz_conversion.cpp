@@ -37,6 +37,7 @@ std::pair<std::vector<std::byte>, std::string> convert(std::span<const std::byte
         fuzz::require_valid_image(image, "Conversion::plan + write");
         return {std::move(image), {}};
     } catch (const Error& e) {
+        fuzz::require_not_internal(e, "Conversion::plan + write");
         return {{}, std::string(to_string(e.code())) + ": " + e.what()};
     }
 }

@@ -88,4 +88,13 @@ inline void require_valid_image(std::span<const std::byte> image, const char* wh
     }
 }
 
+// A refusal is fine; an internal error (a check picklejail believes cannot
+// fail, such as the memo scan missing a read the VM then makes) is a finding.
+inline void require_not_internal(const Error& error, const char* what) {
+    if (error.code() == ErrorCode::internal) {
+        std::fprintf(stderr, "fuzz: %s reported an internal error: %s\n", what, error.what());
+        std::abort();
+    }
+}
+
 }  // namespace picklejail::fuzz
