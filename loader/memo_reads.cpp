@@ -170,7 +170,9 @@ void MemoReads::add(std::uint64_t index) {
         high_.push_back(index);
         return;
     }
-    if (index >= low_.size()) low_.resize(static_cast<std::size_t>(index) + 1);
+    if (index >= low_.size()) {
+        low_.resize(std::max(static_cast<std::size_t>(index) + 1, 2 * low_.size()));
+    }
     low_[static_cast<std::size_t>(index)] = true;
 }
 

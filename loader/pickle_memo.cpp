@@ -1,11 +1,14 @@
 #include "loader/pickle_memo.hpp"
 
+#include <algorithm>
+
 namespace picklejail::loader {
 
 bool PickleMemo::mark_used(std::uint64_t index) {
     if (index >= kDenseLimit) return used_high_.insert(index).second;
     const auto slot = static_cast<std::size_t>(index);
-    if (slot >= used_low_.size()) used_low_.resize(slot + 1);
+    // Slots come in order: grow by doubling, not by one bit per new slot.
+    if (slot >= used_low_.size()) used_low_.resize(std::max(slot + 1, 2 * used_low_.size()));
     if (used_low_[slot]) return false;
     used_low_[slot] = true;
     return true;
