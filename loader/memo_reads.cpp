@@ -1,7 +1,5 @@
 #include "loader/memo_reads.hpp"
 
-#include <algorithm>
-#include <charconv>
 #include <string_view>
 
 #include "common/error.hpp"
@@ -12,9 +10,6 @@ namespace picklejail::loader {
 namespace {
 
 using namespace pickle_op;  // NOLINT(google-build-using-namespace): the opcode names
-
-// Slots below this are a bitmap (at most 128 KiB); writers number slots from 0.
-constexpr std::uint64_t kLowLimit = std::uint64_t{1} << 20;
 
 enum class Step : std::uint8_t { next, stop, lost };
 
@@ -28,12 +23,9 @@ std::int32_t as_signed(std::uint64_t raw) {
 }
 
 std::uint64_t text_index(std::string_view text) {
-    std::uint64_t index = 0;
-    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), index);
-    if (ec != std::errc{} || end != text.data() + text.size()) {
-        throw Error(ErrorCode::malformed, "bad GET index");
-    }
-    return index;
+    const auto index = text_memo_index(text);
+    if (!index) throw Error(ErrorCode::malformed, "bad GET index");
+    return *index;
 }
 
 // Skips one opcode's operands as the VM reads them; a memo read is reported.
@@ -149,8 +141,8 @@ MemoReads MemoReads::scan(std::span<const std::byte> pickle) {
                 reads.all_ = true;
                 break;
             }
-            const auto step = skip_operands(in.u8("opcode"), in,
-                                            [&reads](std::uint64_t index) { reads.add(index); });
+            const auto step = skip_operands(
+                in.u8("opcode"), in, [&reads](std::uint64_t index) { reads.read_.insert(index); });
             if (step == Step::stop) break;
             if (step == Step::lost) {
                 reads.all_ = true;
@@ -160,26 +152,11 @@ MemoReads MemoReads::scan(std::span<const std::byte> pickle) {
     } catch (const Error&) {
         reads.all_ = true;
     }
-    std::sort(reads.high_.begin(), reads.high_.end());
-    reads.high_.erase(std::unique(reads.high_.begin(), reads.high_.end()), reads.high_.end());
     return reads;
 }
 
-void MemoReads::add(std::uint64_t index) {
-    if (index >= kLowLimit) {
-        high_.push_back(index);
-        return;
-    }
-    if (index >= low_.size()) {
-        low_.resize(std::max(static_cast<std::size_t>(index) + 1, 2 * low_.size()));
-    }
-    low_[static_cast<std::size_t>(index)] = true;
-}
-
 bool MemoReads::may_read(std::uint64_t index) const noexcept {
-    if (all_) return true;
-    if (index < kLowLimit) return index < low_.size() && low_[static_cast<std::size_t>(index)];
-    return std::binary_search(high_.begin(), high_.end(), index);
+    return all_ || read_.contains(index);
 }
 
 }  // namespace picklejail::loader

@@ -7,7 +7,8 @@
 
 #include <cstdint>
 #include <span>
-#include <vector>
+
+#include "loader/slot_set.hpp"
 
 namespace picklejail::loader {
 
@@ -21,11 +22,8 @@ class MemoReads {
     [[nodiscard]] bool may_read(std::uint64_t index) const noexcept;
 
   private:
-    void add(std::uint64_t index);
-
     bool all_ = false;
-    std::vector<bool> low_;            // indices below kLowLimit, as a bitmap
-    std::vector<std::uint64_t> high_;  // the rest, sorted and unique after scan()
+    SlotSet read_;
 };
 
 }  // namespace picklejail::loader

@@ -7,10 +7,10 @@
 #include <cstdint>
 #include <span>
 #include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 #include "loader/memo_reads.hpp"
+#include "loader/slot_set.hpp"
 #include "loader/value.hpp"
 
 namespace picklejail::loader {
@@ -19,28 +19,24 @@ class PickleMemo {
   public:
     explicit PickleMemo(std::span<const std::byte> pickle) : reads_(MemoReads::scan(pickle)) {}
 
-    // memo[index] = value. True when the slot was not in use before.
-    bool put(std::uint64_t index, const ValuePtr& value);
+    // memo[index] = value.
+    void put(std::uint64_t index, const ValuePtr& value);
 
     enum class Lookup : std::uint8_t { found, never_stored, not_kept };
     // memo[index]: not_kept only if the scan missed a read the VM then made.
     [[nodiscard]] Lookup get(std::uint64_t index, ValuePtr& out) const;
 
-    [[nodiscard]] bool contains(std::uint64_t index) const;                    // index in memo
-    [[nodiscard]] std::uint64_t size() const noexcept { return used_count_; }  // len(memo)
+    [[nodiscard]] bool contains(std::uint64_t index) const { return used_.contains(index); }
+    [[nodiscard]] std::uint64_t size() const noexcept { return used_.size(); }  // len(memo)
 
   private:
-    [[nodiscard]] bool mark_used(std::uint64_t index);
-
-    // Writers number slots 0, 1, 2, ...: below kDenseLimit a bitmap and a
-    // vector serve them; indices a hostile file scatters go to the hash sets.
-    static constexpr std::uint64_t kDenseLimit = std::uint64_t{1} << 20;
+    // The objects of read slots: a vector below SlotSet::kDenseLimit, where
+    // writers number them, a hash map for the numbers a hostile file scatters.
+    static constexpr std::uint64_t kDenseLimit = SlotSet::kDenseLimit;
 
     MemoReads reads_;
-    std::vector<bool> used_low_;
-    std::unordered_set<std::uint64_t> used_high_;
-    std::uint64_t used_count_ = 0;
-    std::vector<ValuePtr> kept_low_;  // read slots below kDenseLimit
+    SlotSet used_;
+    std::vector<ValuePtr> kept_low_;
     std::unordered_map<std::uint64_t, ValuePtr> kept_high_;
 };
 

@@ -2,8 +2,11 @@
 // memo scan that walks the same opcodes without running them.
 #pragma once
 
+#include <charconv>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
+#include <string_view>
 
 namespace picklejail::loader::pickle_op {
 
@@ -79,5 +82,13 @@ enum Op : std::uint8_t {
 };
 
 constexpr std::size_t kMaxTextOperand = 1 << 16;  // protocol-0 lines (names, numbers)
+
+// The memo index of a protocol-0 PUT or GET line: decimal digits only.
+[[nodiscard]] inline std::optional<std::uint64_t> text_memo_index(std::string_view text) {
+    std::uint64_t index = 0;
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), index);
+    if (ec != std::errc{} || end != text.data() + text.size()) return std::nullopt;
+    return index;
+}
 
 }  // namespace picklejail::loader::pickle_op

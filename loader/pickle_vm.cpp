@@ -419,12 +419,9 @@ bool PickleVm::step(std::uint8_t opcode) {
             memo_put(memo_.size());  // Python: len(memo)
             break;
         case PUT: {
-            const auto text = text_line("PUT index");
-            std::uint64_t index = 0;
-            const auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), index);
-            if (ec != std::errc{} || p != text.data() + text.size())
-                fail(ErrorCode::malformed, "bad PUT index");
-            memo_put(index);
+            const auto index = text_memo_index(text_line("PUT index"));
+            if (!index) fail(ErrorCode::malformed, "bad PUT index");
+            memo_put(*index);
             break;
         }
         case BINGET:
@@ -434,12 +431,9 @@ bool PickleVm::step(std::uint8_t opcode) {
             memo_get(in.le<4>("LONG_BINGET index"));
             break;
         case GET: {
-            const auto text = text_line("GET index");
-            std::uint64_t index = 0;
-            const auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), index);
-            if (ec != std::errc{} || p != text.data() + text.size())
-                fail(ErrorCode::malformed, "bad GET index");
-            memo_get(index);
+            const auto index = text_memo_index(text_line("GET index"));
+            if (!index) fail(ErrorCode::malformed, "bad GET index");
+            memo_get(*index);
             break;
         }
         case EXT1:
@@ -789,7 +783,7 @@ void PickleVm::memo_put(std::uint64_t index) {
         fail(ErrorCode::too_large, "more than " + std::to_string(ctx_.limits.max_memo_entries) +
                                        " memo entries (limit max_memo_entries)");
     }
-    (void)memo_.put(index, value);
+    memo_.put(index, value);
 }
 
 void PickleVm::memo_get(std::uint64_t index) {
