@@ -352,7 +352,8 @@ def main():
             rows.append((f"fresh pages per job, {label}: minor faults (peak RSS growth)",
                          f"{ref['minor_faults']:.0f} ({ref['hwm_growth_kib'] / 1024:.0f} MiB)",
                          f"worker {worker.get('minor_faults', 0):.0f} "
-                         f"({worker.get('peak_rss_kib', 0) / 1024:.0f} MiB peak), client "
+                         f"({worker.get('peak_rss_kib', 0) / 1024:.0f} MiB peak), daemon "
+                         f"{pages['daemon_minor_faults'] or 0:.0f}, client "
                          f"{client['minor_faults']:.0f} ({client['hwm_growth_kib'] / 1024:.0f} MiB)",
                          "", "", ""))
 

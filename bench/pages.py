@@ -1,7 +1,10 @@
 """Fresh pages per job (issue 17, item 3): minor faults and peak RSS, worker and client side.
 
 Worker: the daemon's audit line for each load (`minor_faults`, `peak_rss_kib`,
-from wait4's rusage of the reaped worker). Client: getrusage of a fresh Python
+from wait4's rusage of the reaped worker). Daemon: its own minor faults
+(/proc/PID/stat of the socket's peer) across each load; a fork-style spawn
+left every page it wrote afterwards copy-on-write, ~1,700 faults per
+20,000-tensor job, where CLONE_VM | CLONE_VFORK leaves a few dozen. Client: getrusage of a fresh Python
 process around one load and the sum of every tensor (torch imported before),
 and its VmHWM growth; torch.load(weights_only=True) measured the same way.
 Medians of `repeat` fresh processes.
@@ -12,7 +15,9 @@ Medians of `repeat` fresh processes.
 import argparse
 import json
 import resource
+import socket as socketlib
 import statistics
+import struct
 import subprocess
 import sys
 import time
@@ -51,13 +56,42 @@ def one(kind, path, socket):
             "hwm_growth_kib": _hwm_kib() - hwm, "seconds": elapsed}
 
 
+def daemon_pid(socket):
+    """The pid of the process listening at `socket` (SO_PEERCRED), or None."""
+    try:
+        with socketlib.socket(socketlib.AF_UNIX) as s:
+            s.connect(socket)
+            creds = s.getsockopt(socketlib.SOL_SOCKET, socketlib.SO_PEERCRED,
+                                 struct.calcsize("3i"))
+        return struct.unpack("3i", creds)[0]
+    except OSError:
+        return None
+
+
+def minor_faults_of(pid):
+    """minflt of process `pid` (field 10 of /proc/PID/stat), or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[7])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def client_side(kind, path, socket, repeat):
+    """Medians over fresh processes; with picklejail also the daemon's faults per load."""
     runs = []
+    daemon = daemon_pid(socket) if kind == "picklejail" else None
     for _ in range(repeat):
+        before = minor_faults_of(daemon) if daemon else None
         out = subprocess.run([sys.executable, __file__, "--one", kind, str(path), "--socket",
                               socket], check=True, capture_output=True, text=True)
-        runs.append(json.loads(out.stdout))
-    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+        run = json.loads(out.stdout)
+        after = minor_faults_of(daemon) if daemon else None
+        if before is not None and after is not None:
+            run["daemon_minor_faults"] = after - before
+        runs.append(run)
+    keys = {key for run in runs for key in run}
+    return {key: statistics.median(r[key] for r in runs if key in r) for key in keys}
 
 
 def worker_side(audit_log, since_line):
@@ -76,7 +110,8 @@ def measure(path, socket, audit_log, repeat):
     ours = client_side("picklejail", path, socket, repeat)
     worker = worker_side(audit_log, start) if audit_log else None
     ref = client_side("torch", path, socket, repeat)
-    return {"client": ours, "worker": worker, "torch_load": ref}
+    daemon = ours.pop("daemon_minor_faults", None)
+    return {"client": ours, "worker": worker, "daemon_minor_faults": daemon, "torch_load": ref}
 
 
 def main():

@@ -116,7 +116,9 @@ json clone3() {
     // process is made; ENOSYS means an old kernel or an outer filter.
     if (::syscall(SYS_clone3, nullptr, 0) == -1 && errno == ENOSYS)
         return {{"present", false},
-                {"reason", "clone3 answers ENOSYS: workers start through clone"}};
+                {"reason",
+                 "clone3 answers ENOSYS: helper children start through clone, as "
+                 "workers always do"}};
     return {{"present", true}};
 }
 

@@ -4,6 +4,7 @@
 #include <sys/sendfile.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -126,6 +127,29 @@ void copy_through_mapping(const Run& run, std::span<const std::byte> input,
     release_mapped(input.data() + run.from, run.length);
 }
 
+// Faults in the output pages that this thread writes itself (the header and
+// the tensors it converts or copies) ahead of the writes, a window of up to
+// kChunk at a time: one MADV_POPULATE_WRITE instead of a fault per page,
+// which for a file of 20,000 small tensors was ~1,200 faults, a tenth of the
+// worker's time on a VM where each costs ~11 µs. Ranges sendfile fills are
+// never covered on purpose, but a window may reach into one; those pages are
+// the memfd's either way.
+class PopulatedWindow {
+  public:
+    explicit PopulatedWindow(std::span<std::byte> out) : out_(out) {}
+    void cover(std::uint64_t offset, std::uint64_t length) {
+        const std::uint64_t end = offset + length;  // within out_: the layout is checked
+        if (end <= populated_end_) return;
+        const std::uint64_t from = std::max(offset, populated_end_);
+        populated_end_ = std::min<std::uint64_t>(out_.size(), std::max(end, from + kChunk));
+        advise_pages(out_.data() + from, populated_end_ - from, MADV_POPULATE_WRITE);
+    }
+
+  private:
+    std::span<std::byte> out_;
+    std::uint64_t populated_end_ = 0;
+};
+
 }  // namespace
 
 WriteStats write_image(const loader::Conversion& conversion, int input_fd,
@@ -159,11 +183,14 @@ WriteStats write_image(const loader::Conversion& conversion, int input_fd,
         });
     }
     try {
+        PopulatedWindow window(out);
+        window.cover(0, layout.data_offset());
         layout.write_header(out.first(layout.data_offset()));
         for (std::size_t i = 0; i < layout.tensors().size(); ++i) {
             if (is_run[i]) continue;
             const auto& t = layout.tensors()[i];
             const auto target = out.subspan(layout.data_offset() + t.begin, t.end - t.begin);
+            window.cover(layout.data_offset() + t.begin, t.end - t.begin);
             layout.write_tensor(i, target);
             if (target.size() >= kChunk) release_mapped(target.data(), target.size());
             stats.written_bytes += target.size();

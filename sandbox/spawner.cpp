@@ -170,6 +170,19 @@ PreparedExec prepare_exec(const SpawnOptions& options, std::uint64_t input_size,
     ::_exit(127);
 }
 
+// exec_child's arguments, read by the child from the parent's memory.
+struct ChildSetup {
+    const PreparedExec* exec;
+    int in, out, result, devnull, network_namespace;
+    const IdMaps* id_maps;
+};
+
+int exec_child_main(void* raw) {
+    const auto* setup = static_cast<const ChildSetup*>(raw);
+    exec_child(*setup->exec, setup->in, setup->out, setup->result, setup->devnull,
+               setup->network_namespace, setup->id_maps);
+}
+
 // `network_namespace` (as root): an empty one to join (cheaper than creating
 // one per worker, which costs most of a millisecond); -1 creates a fresh one.
 // In a user namespace the worker always gets a fresh one: joining a network
@@ -194,13 +207,11 @@ ChildProcess start_child(const PreparedExec& exec, int in, int out, int result, 
             id_maps = caller_id_maps();
             break;
     }
-    ClonedChild child = clone_with_pidfd(flags);
+    ChildSetup setup{
+        &exec, in, out, result, devnull.get(), network_namespace, id_maps ? &*id_maps : nullptr};
+    ClonedChild child = spawn_with_pidfd(flags, exec_child_main, &setup);
     if (child.pid < 0)
         spawn_fail(isolation == Isolation::user_namespace ? "clone (user namespace)" : "clone");
-    if (child.pid == 0) {
-        exec_child(exec, in, out, result, devnull.get(), network_namespace,
-                   id_maps ? &*id_maps : nullptr);
-    }
     return ChildProcess(child.pid, std::move(child.pidfd));
 }
 
