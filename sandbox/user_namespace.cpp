@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <string_view>
 
 #include "sandbox/clone_pidfd.hpp"
 
@@ -45,8 +46,9 @@ std::string lsm_hint() {
     return {};
 }
 
-// Writes all of `text` to `path`, in the child between clone and exec.
-bool write_whole(const char* path, const std::string& text) noexcept {
+// Writes all of `text` to `path`, in the child between clone and exec, which
+// shares the parent's memory there: nothing here may allocate.
+bool write_whole(const char* path, std::string_view text) noexcept {
     const int fd = ::open(path, O_WRONLY | O_CLOEXEC);
     if (fd < 0) return false;
     const ssize_t n = ::write(fd, text.data(), text.size());
