@@ -7,6 +7,7 @@ range the checkpoint is mapped at), and page sharing between processes from
 /proc/<pid>/smaps, never from timing.
 """
 
+import json
 import os
 import struct
 import subprocess
@@ -311,3 +312,96 @@ def test_daemon_mmap_load_and_its_own_cache_entry(daemon, tmp_path):
         refused = c.request({"op": "load", "path": str(ckpt), "mmap": True}, check=False)
         assert refused["error"]["code"] == "invalid_request"
         assert "needs \"fd\":true" in refused["error"]["message"]
+
+
+# ---------------------------------------------------------------- reading the ranges
+
+RANGE_IDENTITY = {"dev": 1, "ino": 2, "size": 4096, "mtime_ns": 3, "ctime_ns": 4}
+
+
+def ranges_text(tensors, identity=RANGE_IDENTITY):
+    """The file ranges laid out as the worker writes them (compact JSON)."""
+    return json.dumps({"file": identity, "tensors": tensors}, separators=(",", ":"))
+
+
+def both_paths(text, stored=None):
+    """(fast result or None, general result or the Malformed it raised)."""
+    stored = stored or {}
+    fast = mapped._writer_range_entries(text, stored)
+    try:
+        general = mapped._general_range_entries(text, stored)
+    except picklejail.Malformed as error:
+        general = error
+    return fast, general
+
+
+def entry_tuples(result):
+    identity, entries = result
+    return identity, [(k, e.name, e.dtype, e.shape, e.begin, e.end, e.numel)
+                      for k, e in entries.items()]
+
+
+def rng(dtype, shape, begin, end):
+    return {"dtype": dtype, "shape": shape, "file_offsets": [begin, end]}
+
+
+RANGE_CASES = {
+    "plain": {"a": rng("F32", [2, 3], 64, 88), "b": rng("U8", [], 128, 129)},
+    "escaped name": {"a\"b\\c\u00e9": rng("F16", [1], 64, 66)},
+    "many": {f"layers.{i}.weight": rng("F32", [16], 64 * (i + 1), 64 * (i + 1) + 64)
+             for i in range(50)},
+    "none": {},
+}
+RANGE_FALLBACKS = {
+    "spaces": json.dumps({"file": RANGE_IDENTITY, "tensors": {"a": rng("U8", [1], 64, 65)}}),
+    "size mismatch": ranges_text({"a": rng("F32", [2], 64, 76)}),
+    "outside the file": ranges_text({"a": rng("F32", [2], 4092, 4100)}),
+    "not aligned": ranges_text({"a": rng("F32", [2], 66, 74)}),
+    "empty range": ranges_text({"a": rng("F32", [0], 64, 64)}),
+    "unknown dtype": ranges_text({"a": rng("F99", [2], 64, 72)}),
+    "keys reordered": ranges_text({"a": {"shape": [1], "dtype": "U8", "file_offsets": [64, 65]}}),
+    "brace for a comma": ranges_text({"a": rng("U8", [1], 64, 65), "b": rng("U8", [1], 65, 66)})
+    .replace('},"b"', '}{"b"'),
+    "repeated name": ranges_text({"a": rng("U8", [1], 64, 65)}).replace(
+        '{"a":{"dtype":"U8","shape":[1],"file_offsets":[64,65]}',
+        '{"a":{"dtype":"U8","shape":[1],"file_offsets":[64,65]},'
+        '"a":{"dtype":"U8","shape":[1],"file_offsets":[66,67]}'),
+    "trailing junk": ranges_text({"a": rng("U8", [1], 64, 65)}) + " ",
+}
+
+
+@pytest.mark.parametrize("case", RANGE_CASES)
+def test_ranges_as_the_worker_writes_them_take_the_fast_path_with_the_same_result(case):
+    fast, general = both_paths(ranges_text(RANGE_CASES[case]))
+    assert fast is not None
+    assert entry_tuples(fast) == entry_tuples(general)
+
+
+@pytest.mark.parametrize("case", RANGE_FALLBACKS)
+def test_range_near_misses_go_to_the_general_path(case):
+    fast, _ = both_paths(RANGE_FALLBACKS[case])
+    assert fast is None
+
+
+def test_a_bad_identity_is_refused_alike_on_either_path():
+    text = ranges_text({"a": rng("U8", [1], 64, 65)}, identity={"dev": 1})
+    with pytest.raises(picklejail.Malformed, match="'file' must hold") as fast:
+        mapped._writer_range_entries(text, {})
+    with pytest.raises(picklejail.Malformed, match="'file' must hold") as general:
+        mapped._general_range_entries(text, {})
+    assert str(fast.value) == str(general.value)
+
+
+def test_a_range_named_like_an_image_tensor_is_refused_by_either_path():
+    text = ranges_text({"t": rng("F32", [2], 64, 72)})
+    assert mapped._writer_range_entries(text, {"t": object()}) is None
+    with pytest.raises(picklejail.Malformed, match="both in the image and mapped"):
+        mapped.file_range_entries({"picklejail.file_ranges": text}, {"t": object()})
+
+
+def test_the_workers_ranges_are_read_by_the_fast_path(monkeypatch):
+    def general_path_taken(text, stored):
+        raise AssertionError("the worker's file ranges did not match the fast path")
+    monkeypatch.setattr(mapped, "_general_range_entries", general_path_taken)
+    got = picklejail.load(FIXTURE_CNN, backend="numpy", mmap=True)
+    assert got

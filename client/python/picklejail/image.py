@@ -179,12 +179,14 @@ def _parse_header(text):
 # general path (json.loads), which accepts the same headers and says what is
 # wrong with the others.
 _METADATA_START = '{"__metadata__":'
-_NUMBER = r"(?:0|[1-9][0-9]{0,17})"  # below 2**63: what the general path's checks allow
+# A JSON integer below 2**63 (what the general path's checks allow); mapped.py
+# reads the file ranges with it too.
+JSON_INDEX = r"(?:0|[1-9][0-9]{0,17})"
 # (The name is the unrolled form of (?:[^"\\]|\\.)*: one greedy run per escape, not one
 # alternation per character.)
 _ENTRY = re.compile(r',"([^"\\\x00-\x1f]*(?:\\.[^"\\\x00-\x1f]*)*)":\{"dtype":"([A-Z0-9_]{1,16})",'
-                    r'"shape":\[((?:' + _NUMBER + ",)*" + _NUMBER + r')?\],'
-                    r'"data_offsets":\[(' + _NUMBER + "),(" + _NUMBER + r")\]\}")
+                    r'"shape":\[((?:' + JSON_INDEX + ",)*" + JSON_INDEX + r')?\],'
+                    r'"data_offsets":\[(' + JSON_INDEX + "),(" + JSON_INDEX + r")\]\}")
 _TRAILER = re.compile(r"\}[ \t\n\r]*\Z")
 # The characters of one _ENTRY match outside its five groups.
 _ENTRY_FIXED = len(',"":{"dtype":"","shape":[],"data_offsets":[,]}')
@@ -201,7 +203,7 @@ def _writer_layout_entries(text, data_size):
     if not text.startswith(_METADATA_START):
         return None
     try:
-        metadata, position = _METADATA_DECODER.raw_decode(text, len(_METADATA_START))
+        metadata, position = STRICT_DECODER.raw_decode(text, len(_METADATA_START))
     except ValueError:
         return None
     trailer = _TRAILER.search(text, position)
@@ -223,7 +225,7 @@ def _writer_layout_entries(text, data_size):
     dtypes = list(map(DTYPES.get, dtype_names))
     if None in dtypes or "__metadata__" in names:
         return None
-    shapes, numels = _shape_columns(shape_texts)
+    shapes, numels = shape_columns(shape_texts)
     begins, ends = list(map(int, begin_texts)), list(map(int, end_texts))
     sizes = list(map(operator.sub, ends, begins))
     if min(sizes) < 0 or max(ends) > data_size or \
@@ -236,7 +238,7 @@ def _writer_layout_entries(text, data_size):
     return metadata, entries, tiled
 
 
-def _shape_columns(shape_texts):
+def shape_columns(shape_texts):
     """(shapes, numels) for the shape column, each distinct shape text parsed once."""
     parsed = {}
     for text in set(shape_texts):
@@ -253,7 +255,8 @@ def _reject_constant_in_metadata(name):
     raise ValueError(f"{name} is not JSON")
 
 
-_METADATA_DECODER = json.JSONDecoder(parse_constant=_reject_constant_in_metadata)
+# raw_decode of a part of a header or of the file ranges, refusing NaN/Infinity.
+STRICT_DECODER = json.JSONDecoder(parse_constant=_reject_constant_in_metadata)
 
 
 _ENTRY_KEYS = frozenset(("dtype", "shape", "data_offsets"))

@@ -16,14 +16,17 @@ tensor past the new end is read.
 """
 
 import dataclasses
+import json
 import mmap
+import operator
 import os
+import re
 import stat
 from contextlib import contextmanager
 
 from .dtypes import DTYPES
 from .errors import Malformed, error_for
-from .image import TensorEntry, strict_json
+from .image import JSON_INDEX, STRICT_DECODER, TensorEntry, shape_columns, strict_json
 from .source import Source
 
 META_FILE_RANGES = "picklejail.file_ranges"
@@ -100,6 +103,12 @@ def file_range_entries(metadata, stored):
         return None, {}
     if type(text) is not str:
         _fail(f"{META_FILE_RANGES} is not a string")
+    known = _writer_range_entries(text, stored)
+    return known if known is not None else _general_range_entries(text, stored)
+
+
+def _general_range_entries(text, stored):
+    """file_range_entries for any text: json.loads, then each entry checked."""
     # No per-object hook (a Python call per tensor): a repeated name keeps one
     # entry, which is checked like any other.
     ranges = strict_json(text, META_FILE_RANGES, unique_keys=False)
@@ -112,6 +121,67 @@ def file_range_entries(metadata, stored):
         if name in stored:
             _fail(f"tensor {name!r} is both in the image and mapped from the file")
         entries[name] = _entry(name, info, identity["size"])
+    return identity, entries
+
+
+# The ranges as the worker writes them (loader/file_ranges.cpp): compact JSON,
+# {"file":{...},"tensors":{...}}, each entry {"dtype","shape","file_offsets"} in
+# that order. Read as image.py reads the header: one findall and C-level passes
+# over the columns instead of json.loads building a dict and two lists per
+# tensor and a Python call checking each (for 20,000 tensors that made
+# mmap=True slower than copying). Anything else, or anything failing a check,
+# takes the general path, which accepts the same texts and says what is wrong.
+_RANGES_START = '{"file":'
+_TENSORS_KEY = ',"tensors":'
+_RANGE_ENTRY = re.compile(
+    r'([{,])"([^"\\\x00-\x1f]*(?:\\.[^"\\\x00-\x1f]*)*)":\{"dtype":"([A-Z0-9_]{1,16})",'
+    r'"shape":\[((?:' + JSON_INDEX + ",)*" + JSON_INDEX + r')?\],'
+    r'"file_offsets":\[(' + JSON_INDEX + "),(" + JSON_INDEX + r")\]\}")
+# The characters of one _RANGE_ENTRY match outside its six groups.
+_RANGE_FIXED = len('"":{"dtype":"","shape":[],"file_offsets":[,]}')
+
+
+def _writer_range_entries(text, stored):
+    """(identity, entries) as _general_range_entries gives them, or None."""
+    if not text.startswith(_RANGES_START) or not text.endswith("}}"):
+        return None
+    try:
+        identity, position = STRICT_DECODER.raw_decode(text, len(_RANGES_START))
+    except ValueError:
+        return None
+    if not text.startswith(_TENSORS_KEY, position) or type(identity) is not dict:
+        return None
+    start, stop = position + len(_TENSORS_KEY), len(text) - 2  # before "}}"
+    if text[start:] == "{}}":
+        return _identity(identity), {}
+    rows = _RANGE_ENTRY.findall(text, start, stop)
+    if not rows:
+        return None
+    leads, names, dtype_names, shape_texts, begin_texts, end_texts = columns = list(zip(*rows))
+    del rows
+    matched = len(names) * _RANGE_FIXED + sum(sum(map(len, column)) for column in columns)
+    if matched != stop - start or leads[0] != "{" or "{" in leads[1:]:
+        return None  # something between the entries, or an entry where a comma belongs
+    if any("\\" in name for name in names):
+        try:
+            names = [json.loads(f'"{name}"') if "\\" in name else name for name in names]
+        except ValueError:
+            return None
+    dtypes = list(map(DTYPES.get, dtype_names))
+    if None in dtypes or not stored.keys().isdisjoint(names):
+        return None
+    identity = _identity(identity)
+    shapes, numels = shape_columns(shape_texts)
+    begins, ends = list(map(int, begin_texts)), list(map(int, end_texts))
+    element_sizes = [d.size for d in dtypes]
+    sizes = list(map(operator.sub, ends, begins))
+    if min(sizes) <= 0 or max(ends) > identity["size"] or \
+            sizes != list(map(operator.mul, numels, element_sizes)) or \
+            any(map(operator.mod, begins, element_sizes)):
+        return None
+    entries = dict(zip(names, map(TensorEntry, names, dtypes, shapes, begins, ends, numels)))
+    if len(entries) != len(names):
+        return None  # a repeated name: the general path keeps the last one
     return identity, entries
 
 
@@ -167,15 +237,24 @@ class MappedFileBuilder:
     def _torch_views(self, image):
         builder = self._builder
         torch = builder._torch
-        # One uint8 tensor over the whole mapping (writable: MAP_PRIVATE), sliced
-        # and viewed per tensor, as the builder does over the image.
+        # One uint8 tensor over the whole mapping (writable: MAP_PRIVATE) and one
+        # typed view of it per dtype; each tensor is then one slice of that view
+        # (reshaped unless 1-D), not a byte slice viewed twice: every view is a
+        # torch object with autograd view bookkeeping, and for 20,000 small
+        # tensors the two extra ones per tensor made mmap=True slower than copying.
         base = torch.frombuffer(self._file_map, dtype=torch.uint8)
-        dtypes, out = {}, {}
+        typed, out = {}, {}
         for name, e in image.file_tensors.items():
-            dtype = dtypes.get(e.dtype.torch_name)
-            if dtype is None:
-                dtype = dtypes[e.dtype.torch_name] = builder._torch_dtype(e)
-            out[name] = base[e.begin:e.end].view(dtype).view(e.shape)
+            size = e.dtype.size
+            view = typed.get(e.dtype)
+            if view is None:
+                whole = len(base) // size * size
+                view = typed[e.dtype] = base[:whole].view(builder._torch_dtype(e))
+            if e.begin % size:  # complex128 at an 8-byte offset: its bytes viewed as usual
+                out[name] = base[e.begin:e.end].view(view.dtype).view(e.shape)
+                continue
+            tensor = view[e.begin // size:e.end // size]
+            out[name] = tensor if len(e.shape) == 1 else tensor.view(e.shape)
         placement = builder._placement
         for name, saved in image.devices.items():
             if name in out and placement.target(saved).type != "cpu":
