@@ -214,16 +214,11 @@ def _writer_layout_entries(text, data_size):
         return (metadata, {}, data_size == 0) if position == trailer.start() else None
     names, dtype_names, shape_texts, begin_texts, end_texts = columns = list(zip(*rows))
     del rows
-    matched = len(names) * _ENTRY_FIXED + sum(sum(map(len, column)) for column in columns)
-    if matched != trailer.start() - position:
+    if not columns_tile(columns, _ENTRY_FIXED, trailer.start() - position):
         return None  # something between or around the entries that is not one
-    if any("\\" in name for name in names):
-        try:
-            names = [json.loads(f'"{name}"') if "\\" in name else name for name in names]
-        except ValueError:
-            return None
+    names = unescaped_names(names)
     dtypes = list(map(DTYPES.get, dtype_names))
-    if None in dtypes or "__metadata__" in names:
+    if names is None or None in dtypes or "__metadata__" in names:
         return None
     shapes, numels = shape_columns(shape_texts)
     begins, ends = list(map(int, begin_texts)), list(map(int, end_texts))
@@ -236,6 +231,22 @@ def _writer_layout_entries(text, data_size):
         return None  # a repeated name: the general path finds the hole it leaves
     tiled = begins[0] == 0 and begins[1:] == ends[:-1] and ends[-1] == data_size
     return metadata, entries, tiled
+
+
+def columns_tile(columns, fixed, span):
+    """Whether findall's matches, as `columns` of their groups, cover `span` characters:
+    each match is `fixed` characters besides its groups, and matches never overlap."""
+    return len(columns[0]) * fixed + sum(sum(map(len, column)) for column in columns) == span
+
+
+def unescaped_names(names):
+    """JSON string contents with their escapes resolved, or None where one is invalid."""
+    if not any("\\" in name for name in names):
+        return names
+    try:
+        return [json.loads(f'"{name}"') if "\\" in name else name for name in names]
+    except ValueError:
+        return None
 
 
 def shape_columns(shape_texts):

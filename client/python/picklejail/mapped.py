@@ -16,7 +16,6 @@ tensor past the new end is read.
 """
 
 import dataclasses
-import json
 import mmap
 import operator
 import os
@@ -26,7 +25,8 @@ from contextlib import contextmanager
 
 from .dtypes import DTYPES
 from .errors import Malformed, error_for
-from .image import JSON_INDEX, STRICT_DECODER, TensorEntry, shape_columns, strict_json
+from .image import (JSON_INDEX, STRICT_DECODER, TensorEntry, columns_tile, shape_columns,
+                    strict_json, unescaped_names)
 from .source import Source
 
 META_FILE_RANGES = "picklejail.file_ranges"
@@ -159,16 +159,12 @@ def _writer_range_entries(text, stored):
         return None
     leads, names, dtype_names, shape_texts, begin_texts, end_texts = columns = list(zip(*rows))
     del rows
-    matched = len(names) * _RANGE_FIXED + sum(sum(map(len, column)) for column in columns)
-    if matched != stop - start or leads[0] != "{" or "{" in leads[1:]:
+    if not columns_tile(columns, _RANGE_FIXED, stop - start) or leads[0] != "{" or \
+            "{" in leads[1:]:
         return None  # something between the entries, or an entry where a comma belongs
-    if any("\\" in name for name in names):
-        try:
-            names = [json.loads(f'"{name}"') if "\\" in name else name for name in names]
-        except ValueError:
-            return None
+    names = unescaped_names(names)
     dtypes = list(map(DTYPES.get, dtype_names))
-    if None in dtypes or not stored.keys().isdisjoint(names):
+    if names is None or None in dtypes or not stored.keys().isdisjoint(names):
         return None
     identity = _identity(identity)
     shapes, numels = shape_columns(shape_texts)
