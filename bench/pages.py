@@ -3,8 +3,9 @@
 Worker: the daemon's audit line for each load (`minor_faults`, `peak_rss_kib`,
 from wait4's rusage of the reaped worker). Daemon: its own minor faults
 (/proc/PID/stat of the socket's peer) across each load; a fork-style spawn
-left every page it wrote afterwards copy-on-write, ~1,700 faults per
-20,000-tensor job, where CLONE_VM | CLONE_VFORK leaves a few dozen. Client: getrusage of a fresh Python
+left every page it wrote afterwards copy-on-write, ~1,800 faults per
+20,000-tensor job, where CLONE_VM | CLONE_VFORK leaves a few dozen. Client:
+getrusage of a fresh Python
 process around one load and the sum of every tensor (torch imported before),
 and its VmHWM growth; torch.load(weights_only=True) measured the same way.
 Medians of `repeat` fresh processes.

@@ -96,13 +96,15 @@ ClonedChild spawn_with_pidfd(std::uint64_t namespace_flags, ChildMain child_main
         errno = EINVAL;
         return {};
     }
-    SpawnContext context{child_main, arg, {}};
-    sigset_t all{};
-    (void)::sigfillset(&all);
 #ifndef PICKLEJAIL_SANITIZE
     const ChildStack stack;
     if (!stack.ok()) return {};
+#endif
+    SpawnContext context{child_main, arg, {}};
+    sigset_t all{};
+    (void)::sigfillset(&all);
     (void)::pthread_sigmask(SIG_BLOCK, &all, &context.parent_mask);
+#ifndef PICKLEJAIL_SANITIZE
     int pidfd = -1;
     const int flags =
         CLONE_VM | CLONE_VFORK | CLONE_PIDFD | static_cast<int>(namespace_flags) | SIGCHLD;
@@ -110,7 +112,6 @@ ClonedChild spawn_with_pidfd(std::uint64_t namespace_flags, ChildMain child_main
     const pid_t pid = ::clone(spawned_child, stack.top(), flags, &context, &pidfd);
     ClonedChild child{pid < 0 ? -1 : pid, ipc::UniqueFd(pid < 0 ? -1 : pidfd)};
 #else
-    (void)::pthread_sigmask(SIG_BLOCK, &all, &context.parent_mask);
     ClonedChild child = clone_with_pidfd(namespace_flags);
     if (child.pid == 0) ::_exit(spawned_child(&context));
 #endif

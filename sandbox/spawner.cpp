@@ -154,33 +154,31 @@ PreparedExec prepare_exec(const SpawnOptions& options, std::uint64_t input_size,
     return exec;
 }
 
-// In the child between clone and exec only async-signal-safe calls happen.
-[[noreturn]] void exec_child(const PreparedExec& exec, int in, int out, int result, int devnull,
-                             int network_namespace, const IdMaps* id_maps) {
-    // Mapped before exec: an unmapped uid would lose the namespace's
-    // capabilities at execve, which the worker needs to build its root.
-    if (id_maps != nullptr && !enter_id_maps(*id_maps)) ::_exit(kExitIdMaps);
-    if (network_namespace >= 0 && ::setns(network_namespace, CLONE_NEWNET) != 0) ::_exit(127);
-    if (::dup2(devnull, 0) < 0 || ::dup2(devnull, 1) < 0 || ::dup2(devnull, 2) < 0 ||
-        ::dup2(in, kInputFd) < 0 || ::dup2(out, kOutputFd) < 0 || ::dup2(result, kResultFd) < 0) {
-        ::_exit(127);
-    }
-    ::syscall(SYS_close_range, kFirstUnusedFd, ~0U, 0);
-    ::execve(exec.argv[0], exec.argv.data(), const_cast<char* const*>(exec.envp.data()));
-    ::_exit(127);
-}
-
-// exec_child's arguments, read by the child from the parent's memory.
+// What the child needs between clone and exec, prepared before the clone: the
+// child reads it from the parent's memory (spawn_with_pidfd shares it).
 struct ChildSetup {
     const PreparedExec* exec;
     int in, out, result, devnull, network_namespace;
     const IdMaps* id_maps;
 };
 
-int exec_child_main(void* raw) {
-    const auto* setup = static_cast<const ChildSetup*>(raw);
-    exec_child(*setup->exec, setup->in, setup->out, setup->result, setup->devnull,
-               setup->network_namespace, setup->id_maps);
+// In the child between clone and exec only async-signal-safe calls happen.
+[[noreturn]] int exec_child(void* raw) {
+    const auto& setup = *static_cast<const ChildSetup*>(raw);
+    // Mapped before exec: an unmapped uid would lose the namespace's
+    // capabilities at execve, which the worker needs to build its root.
+    if (setup.id_maps != nullptr && !enter_id_maps(*setup.id_maps)) ::_exit(kExitIdMaps);
+    if (setup.network_namespace >= 0 && ::setns(setup.network_namespace, CLONE_NEWNET) != 0)
+        ::_exit(127);
+    if (::dup2(setup.devnull, 0) < 0 || ::dup2(setup.devnull, 1) < 0 ||
+        ::dup2(setup.devnull, 2) < 0 || ::dup2(setup.in, kInputFd) < 0 ||
+        ::dup2(setup.out, kOutputFd) < 0 || ::dup2(setup.result, kResultFd) < 0) {
+        ::_exit(127);
+    }
+    ::syscall(SYS_close_range, kFirstUnusedFd, ~0U, 0);
+    const PreparedExec& exec = *setup.exec;
+    ::execve(exec.argv[0], exec.argv.data(), const_cast<char* const*>(exec.envp.data()));
+    ::_exit(127);
 }
 
 // `network_namespace` (as root): an empty one to join (cheaper than creating
@@ -209,7 +207,7 @@ ChildProcess start_child(const PreparedExec& exec, int in, int out, int result, 
     }
     ChildSetup setup{
         &exec, in, out, result, devnull.get(), network_namespace, id_maps ? &*id_maps : nullptr};
-    ClonedChild child = spawn_with_pidfd(flags, exec_child_main, &setup);
+    ClonedChild child = spawn_with_pidfd(flags, exec_child, &setup);
     if (child.pid < 0)
         spawn_fail(isolation == Isolation::user_namespace ? "clone (user namespace)" : "clone");
     return ChildProcess(child.pid, std::move(child.pidfd));
