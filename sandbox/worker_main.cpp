@@ -231,8 +231,8 @@ void silence_allocator() {
     mi_register_output([](const char*, void*) {}, nullptr);
     // The default handler may abort(); returning lets malloc return null.
     mi_register_error([](int, void*) {}, nullptr);
-    // Huge pages for the heap come from the environment the spawner gives
-    // (MIMALLOC_LARGE_OS_PAGES): set here, they would miss the first segments.
+    // Heap options come from the environment the spawner gives (spawner.cpp):
+    // set here, they would miss the first segments.
 #endif
 }
 
