@@ -8,7 +8,9 @@ little-endian uint16 / uint8 arrays holding the exact bits (the `raw` flag).
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+# eq=False: each dtype is one object, compared by identity in C; the generated
+# __eq__ was a Python call per tensor wherever a column was searched or grouped.
+@dataclass(frozen=True, eq=False)
 class DType:
     name: str        # safetensors name, e.g. "F32"
     size: int        # bytes per element
