@@ -64,16 +64,19 @@ Mapping map_read_only(int fd, std::uint64_t size, const std::string& what) {
 Mapping map_output(int fd, std::uint64_t size, const std::string& what) {
     if (::ftruncate(fd, static_cast<off_t>(size)) != 0) io_fail("cannot size " + what, errno);
     if (size == 0) return {};
-    // Reserve the pages now: a full disk fails here, not as SIGBUS mid-copy.
-    // The raw call, not posix_fallocate: where the filesystem has no fallocate
-    // (ext2, older NFS, some FUSE) glibc emulates it with fstatfs, fcntl and
-    // pwrite loops the worker's seccomp filter refuses; there the ftruncate
-    // above has sized the file and the pages are allocated as written.
-    if (::fallocate(fd, 0, 0, static_cast<off_t>(size)) != 0 && errno != EOPNOTSUPP)
-        io_fail("cannot allocate " + what, errno);
     void* address = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (address == MAP_FAILED) io_fail("cannot map " + what, errno);
     return {address, static_cast<std::size_t>(size)};
+}
+
+void reserve_output(int fd, std::uint64_t size, const std::string& what) {
+    if (size == 0) return;
+    // The raw call, not posix_fallocate: where the filesystem has no fallocate
+    // (ext2, older NFS, some FUSE) glibc emulates it with fstatfs, fcntl and
+    // pwrite loops the worker's seccomp filter refuses; there the pages are
+    // allocated as they are written.
+    if (::fallocate(fd, 0, 0, static_cast<off_t>(size)) != 0 && errno != EOPNOTSUPP)
+        io_fail("cannot allocate " + what, errno);
 }
 
 }  // namespace picklejail::ipc

@@ -43,8 +43,14 @@ class Mapping {
 // Maps a whole regular file read-only (empty files give an empty mapping).
 [[nodiscard]] Mapping map_read_only(int fd, std::uint64_t size, const std::string& what);
 
-// Sizes `fd` to `size` (fallocate where supported, else ftruncate) and maps it
-// shared and writable.
+// Sizes `fd` to `size` (ftruncate) and maps it shared and writable. Its pages
+// are not allocated yet: see reserve_output and sandbox/output_pages.hpp.
 [[nodiscard]] Mapping map_output(int fd, std::uint64_t size, const std::string& what);
+
+// Allocates the first `size` bytes of `fd` now (fallocate), so that a full
+// file system fails here rather than as SIGBUS on a write through a mapping.
+// A file system without fallocate (ext2, older NFS, some FUSE) is left as
+// ftruncate sized it. Throws io_error.
+void reserve_output(int fd, std::uint64_t size, const std::string& what);
 
 }  // namespace picklejail::ipc

@@ -16,6 +16,7 @@
 
 #include "common/error.hpp"
 #include "ipc/file_mapping.hpp"
+#include "sandbox/output_pages.hpp"
 
 namespace picklejail::sandbox {
 namespace {
@@ -117,17 +118,18 @@ void release_mapped(const std::byte* data, std::uint64_t length) {
     advise_pages(data, length, MADV_DONTNEED);
 }
 
-// Fault the output pages in with one call (MADV_POPULATE_WRITE, Linux 5.14;
-// where it is missing the copy faults them one by one), copy, let go.
+// Allocate the chunk's output pages with one call (output_pages.hpp), copy,
+// let go.
 void copy_through_mapping(const Run& run, std::span<const std::byte> input,
-                          std::span<std::byte> out) {
-    advise_pages(out.data() + run.to, run.length, MADV_POPULATE_WRITE);
+                          const OutputPages& pages) {
+    pages.populate(run.to, run.length);
+    const auto out = pages.bytes();
     std::memcpy(out.data() + run.to, input.data() + run.from, run.length);
     release_mapped(out.data() + run.to, run.length);
     release_mapped(input.data() + run.from, run.length);
 }
 
-// Faults in the output pages that this thread writes itself (the header and
+// Allocates the output pages that this thread writes itself (the header and
 // the tensors it converts or copies) ahead of the writes, a window of up to
 // kChunk at a time: one MADV_POPULATE_WRITE instead of a fault per page,
 // which for a file of 20,000 small tensors was ~1,200 faults, a tenth of the
@@ -139,24 +141,25 @@ void copy_through_mapping(const Run& run, std::span<const std::byte> input,
 class PopulatedWindow {
   public:
     // `run_starts`: the output offsets where verbatim runs begin, ascending.
-    PopulatedWindow(std::span<std::byte> out, std::vector<std::uint64_t> run_starts)
-        : out_(out), run_starts_(std::move(run_starts)) {}
+    PopulatedWindow(const OutputPages& pages, std::vector<std::uint64_t> run_starts)
+        : pages_(pages), size_(pages.bytes().size()), run_starts_(std::move(run_starts)) {}
     void cover(std::uint64_t offset, std::uint64_t length) {
-        const std::uint64_t end = offset + length;  // within out_: the layout is checked
+        const std::uint64_t end = offset + length;  // within the output: the layout is checked
         if (end <= populated_end_) return;
         const std::uint64_t from = std::max(offset, populated_end_);
-        populated_end_ = std::min(
-            {out_.size(), std::max(end, from + kChunk), std::max(end, next_run_start(end))});
-        advise_pages(out_.data() + from, populated_end_ - from, MADV_POPULATE_WRITE);
+        populated_end_ =
+            std::min({size_, std::max(end, from + kChunk), std::max(end, next_run_start(end))});
+        pages_.populate(from, populated_end_ - from);
     }
 
   private:
     [[nodiscard]] std::uint64_t next_run_start(std::uint64_t offset) const {
         const auto next = std::lower_bound(run_starts_.begin(), run_starts_.end(), offset);
-        return next == run_starts_.end() ? out_.size() : *next;
+        return next == run_starts_.end() ? size_ : *next;
     }
 
-    std::span<std::byte> out_;
+    const OutputPages& pages_;
+    std::uint64_t size_;
     std::vector<std::uint64_t> run_starts_;
     std::uint64_t populated_end_ = 0;
 };
@@ -167,6 +170,7 @@ WriteStats write_image(const loader::Conversion& conversion, int input_fd,
                        std::span<const std::byte> input, int output_fd, CopyThread* helper) {
     const auto& layout = conversion.layout();
     auto output = ipc::map_output(output_fd, layout.total_size(), "output");
+    const OutputPages pages(output_fd, output.bytes());
     const auto out = output.bytes();
     WriteStats stats;
     std::vector<Run> runs;  // in output order, as the tensors are laid out
@@ -186,9 +190,9 @@ WriteStats write_image(const loader::Conversion& conversion, int input_fd,
     ChunkQueue queue(chunked(runs));
     const bool shared = helper != nullptr && verbatim >= kMinParallelCopy;
     if (shared) {
-        helper->start([&queue, &stats, input, out] {
+        helper->start([&queue, &stats, input, &pages] {
             while (const Run* chunk = queue.take()) {
-                copy_through_mapping(*chunk, input, out);
+                copy_through_mapping(*chunk, input, pages);
                 stats.helper_bytes += chunk->length;  // read only after wait()
             }
         });
@@ -197,7 +201,7 @@ WriteStats write_image(const loader::Conversion& conversion, int input_fd,
         std::vector<std::uint64_t> run_starts;
         run_starts.reserve(runs.size());
         for (const Run& run : runs) run_starts.push_back(run.to);
-        PopulatedWindow window(out, std::move(run_starts));
+        PopulatedWindow window(pages, std::move(run_starts));
         window.cover(0, layout.data_offset());
         layout.write_header(out.first(layout.data_offset()));
         for (std::size_t i = 0; i < layout.tensors().size(); ++i) {
