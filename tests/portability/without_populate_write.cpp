@@ -17,7 +17,7 @@
 namespace {
 
 int fail(const char* what, int error) {
-    std::fprintf(stderr, "without_populate_write: %s: %s\n", what, std::strerror(error));
+    (void)std::fprintf(stderr, "without_populate_write: %s: %s\n", what, std::strerror(error));
     return 125;
 }
 
@@ -25,7 +25,7 @@ int fail(const char* what, int error) {
 
 int main(int argc, char** argv) {
     if (argc < 2) {
-        std::fprintf(stderr, "usage: without_populate_write COMMAND [ARG...]\n");
+        (void)std::fprintf(stderr, "usage: without_populate_write COMMAND [ARG...]\n");
         return 125;
     }
     // Default allow; libseccomp sets no_new_privs, so this works unprivileged.
