@@ -32,6 +32,7 @@ std::optional<std::pair<std::uint64_t, std::uint64_t>> mappable_range(
     const auto record = offset_in(source.storage, input);
     if (!record || *record % kMappedRecordAlignment != 0) return {};
     const auto run = contiguous_bytes(source);
+    if (run.size() < kMinMappedBytes) return {};
     const auto begin = offset_in(run, input);
     if (!begin) return {};
     return std::pair{*begin, *begin + run.size()};

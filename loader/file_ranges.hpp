@@ -1,9 +1,9 @@
 // The layout-only reply of a mapped load (torch.load(mmap=True)'s way): tensors
 // whose bytes lie verbatim in the checkpoint are not copied; the image names
 // their byte range in the file instead (metadata key picklejail.file_ranges)
-// and the client maps its own fd. Only stored (uncompressed) zip records
-// qualify, 64-byte aligned, C-contiguous and little-endian; every other
-// tensor stays in the image's data section.
+// and the client maps its own fd. Only tensors of at least kMinMappedBytes in
+// stored (uncompressed) zip records qualify, 64-byte aligned, C-contiguous and
+// little-endian; every other tensor stays in the image's data section.
 #pragma once
 
 #include <cstdint>
@@ -20,6 +20,11 @@ namespace picklejail::loader {
 inline constexpr std::string_view kMetaFileRanges = "picklejail.file_ranges";
 // torch.save aligns every record to 64 bytes; a record elsewhere is copied.
 inline constexpr std::uint64_t kMappedRecordAlignment = 64;
+// A tensor of fewer bytes is copied: mapping it saves no memory (its page
+// holds its neighbours too) and costs the client a range entry and a view of
+// its own; for 20,000 tensors of ~170 bytes, mmap=True took ~19% longer than
+// copying. One 4 KiB page, whatever the kernel's page size.
+inline constexpr std::uint64_t kMinMappedBytes = 4096;
 
 // What the worker saw of the file before reading it (fstat of the fd the
 // client sent); the client compares its own fstat with it before mapping.

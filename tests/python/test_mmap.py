@@ -71,6 +71,15 @@ def is_dense(tensor):
     return tensor.layout == torch.strided and not tensor.is_quantized
 
 
+# loader/file_ranges.hpp kMinMappedBytes: smaller tensors are copied even with mmap=True.
+MIN_MAPPED_BYTES = 4096
+
+
+def nbytes(tensor):
+    return tensor.numel() * tensor.element_size() if hasattr(tensor, "element_size") \
+        else tensor.nbytes
+
+
 def leaves(obj, prefix=""):
     if hasattr(obj, "dtype") and hasattr(obj, "shape") and not isinstance(obj, type):
         yield prefix, obj
@@ -100,24 +109,32 @@ def test_fixture_mmap_matches_torch_load(ckpt, entry):
     # tensors are rebuilt from their parts, which the client copies).
     dense = [(name, t) for name, t in leaves(got) if is_dense(t) and t.numel()]
     viewed = [name for name, t in dense if in_file(t, ranges)]
-    if zipfile.is_zipfile(ckpt) and "legacy" not in ckpt.name and dense:
+    small = {name for name, t in dense if nbytes(t) < MIN_MAPPED_BYTES}
+    assert not small & set(viewed), f"{ckpt.name}: tensors below a page are copied"
+    if zipfile.is_zipfile(ckpt) and "legacy" not in ckpt.name and len(small) < len(dense):
         assert viewed, f"{ckpt.name}: no tensor is a view of the file"
-    else:
+    elif not zipfile.is_zipfile(ckpt) or "legacy" in ckpt.name:
         assert not viewed, f"{ckpt.name} is not a zip: nothing can be mapped"
 
 
 @needs_numpy
 def test_numpy_backend_views_the_file():
-    ckpt = FIXTURE_CNN
+    ckpt = FIXTURE_MIXED
     arrays = picklejail.load(ckpt, backend="numpy", mmap=True)
     copied = picklejail.load(ckpt, backend="numpy")
     ranges = file_mappings(ckpt)
-    assert all(in_file(a, ranges) for _, a in leaves(arrays) if a.size)
+    # Every tensor of a page or more is a view of the file, except the transposed
+    # one (not contiguous in its record); the two below a page are copied.
+    views = {name for name, a in leaves(arrays) if in_file(a, ranges)}
+    assert views == {name for name, a in leaves(arrays)
+                     if a.nbytes >= MIN_MAPPED_BYTES and name != "transposed"}
     for (name, a), (_, b) in zip(leaves(arrays), leaves(copied)):
         assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes(), name
 
 
 FIXTURE_CNN = REPO / "tests" / "fixtures" / "torch-2.11" / "cnn_state_dict.pt"
+# Tensors of every mapped dtype above a page, views, an alias and two tiny ones.
+FIXTURE_MIXED = REPO / "tests" / "fixtures" / "mapped" / "mixed_large.pt"
 
 
 # ---------------------------------------------------------------- files written here
@@ -144,16 +161,18 @@ def aligned_zip(src, dst, *, deflate=(), misalign=()):
 
 @needs_torch
 def test_mixed_records_fall_back_per_tensor(tmp_path):
-    state = {"stored": torch.arange(64, dtype=torch.float32),
-             "deflated": torch.arange(100, dtype=torch.int64),
-             "shifted": torch.ones(32, dtype=torch.float16),
-             "strided": torch.arange(40, dtype=torch.float32).view(8, 5).t(),
-             "tail_view": torch.arange(30, dtype=torch.float64)[5:]}
+    state = {"stored": torch.arange(2048, dtype=torch.float32),
+             "deflated": torch.arange(1024, dtype=torch.int64),
+             "shifted": torch.ones(4096, dtype=torch.float16),
+             "strided": torch.arange(4096, dtype=torch.float32).view(64, 64).t(),
+             "tail_view": torch.arange(1024, dtype=torch.float64)[5:],
+             "small": torch.arange(16, dtype=torch.float32)}
     plain = tmp_path / "plain.pt"
     torch.save(state, plain)
     with zipfile.ZipFile(plain) as z:
         keys = {name.split("/")[-1]: name for name in z.namelist() if "/data/" in name}
     # Storage keys follow pickling order: stored 0, deflated 1, shifted 2, ...
+    # ("small" is stored and aligned too, but below a page: copied)
     mixed = tmp_path / "mixed.pt"
     aligned_zip(plain, mixed, deflate={f"data/{sorted(keys)[1]}"},
                 misalign={f"data/{sorted(keys)[2]}"})
@@ -172,7 +191,7 @@ def test_mixed_records_fall_back_per_tensor(tmp_path):
 @needs_torch
 def test_file_changed_after_the_check_is_refused(tmp_path, monkeypatch):
     ckpt = tmp_path / "model.pt"
-    torch.save({"w": torch.zeros(256)}, ckpt)
+    torch.save({"w": torch.zeros(1024)}, ckpt)
     real = api_mod.map_checked_file
 
     def rewrite_then_map(fd, identity):
@@ -218,7 +237,7 @@ def test_identity_and_ranges_are_checked(tmp_path):
 @needs_torch
 def test_patch_torch_load_honours_mmap(tmp_path):
     ckpt = tmp_path / "model.pt"
-    torch.save({"w": torch.arange(1000.0)}, ckpt)
+    torch.save({"w": torch.arange(1024.0)}, ckpt)
     with picklejail.patch_torch_load():
         mapped_load = torch.load(ckpt, mmap=True)
         ranges = file_mappings(ckpt)
@@ -296,7 +315,7 @@ def daemon(tmp_path):
 @needs_torch
 def test_daemon_mmap_load_and_its_own_cache_entry(daemon, tmp_path):
     ckpt = tmp_path / "model.pt"
-    state = {"a": torch.randn(64, 64), "b": torch.arange(10)}
+    state = {"a": torch.randn(64, 64), "b": torch.arange(512)}
     torch.save(state, ckpt)
     copied = picklejail.load(ckpt, socket=daemon.socket_path)
     got = picklejail.load(ckpt, socket=daemon.socket_path, mmap=True)
@@ -403,5 +422,5 @@ def test_the_workers_ranges_are_read_by_the_fast_path(monkeypatch):
     def general_path_taken(text, stored):
         raise AssertionError("the worker's file ranges did not match the fast path")
     monkeypatch.setattr(mapped, "_general_range_entries", general_path_taken)
-    got = picklejail.load(FIXTURE_CNN, backend="numpy", mmap=True)
+    got = picklejail.load(FIXTURE_MIXED, backend="numpy", mmap=True)
     assert got

@@ -122,7 +122,7 @@ TEST_CASE("the C++ client follows aliases of tied weights") {
 TEST_CASE("the C++ client's mapped load views the checkpoint file itself") {
     DaemonProcess daemon;
     Client client(daemon.socket());
-    const auto ckpt = kFixtures / "torch-2.11" / "views.pt";
+    const auto ckpt = kFixtures / "mapped" / "mixed_large.pt";
     const auto copied = client.load(ckpt, {"checkpoint", {}});
     const auto mapped = client.load(ckpt, {"checkpoint", {}, true});
     REQUIRE_FALSE(mapped.file_bytes().empty());

@@ -36,8 +36,8 @@ std::string file_ranges_of(const loader::Conversion& conversion) {
 }  // namespace
 
 TEST_CASE("mapped load: each file range holds the bytes the copy would write") {
-    for (const char* name : {"torch-2.11/cnn_state_dict.pt", "torch-1.13/dtypes.pt",
-                             "torch-2.11/views.pt", "torch-2.11/params.pt"}) {
+    for (const char* name : {"mapped/mixed_large.pt", "torch-2.11/cnn_state_dict.pt",
+                             "torch-2.11/torchvision_squeezenet1_1.pt"}) {
         INFO(name);
         const auto input = test::read_bytes(kFixtures + name);
         const auto& policy = test::policy_named("weights");
@@ -56,6 +56,7 @@ TEST_CASE("mapped load: each file range holds the bytes the copy would write") {
         CHECK(ranges.tensors.size() == mapped.mapped_tensors());
         for (const auto& range : ranges.tensors) {
             INFO(range.name);
+            CHECK(range.end - range.begin >= loader::kMinMappedBytes);
             CHECK(range.begin % (ipc::dtype_bits(range.dtype) / 8) == 0);
             const auto entry = std::find_if(index.tensors.begin(), index.tensors.end(),
                                             [&](const auto& t) { return t.name == range.name; });
@@ -74,6 +75,22 @@ TEST_CASE("mapped load: each file range holds the bytes the copy would write") {
             for (const auto& r : ranges.tensors) CHECK(t.name != r.name);
         }
     }
+}
+
+TEST_CASE("mapped load: large contiguous tensors of every dtype are mapped, small ones copied") {
+    const auto input = test::read_bytes(kFixtures + "mapped/mixed_large.pt");
+    const auto id = identity_for(input.size());
+    const auto mapped =
+        loader::Conversion::plan(input, test::policy_named("weights"), {}, {}, nullptr, &id);
+    std::set<std::string> in_file;
+    for (const auto& range : ipc::parse_file_ranges(file_ranges_of(mapped)).tensors)
+        in_file.insert(range.name);
+    std::set<std::string> in_image;
+    for (const auto& t : mapped.layout().tensors()) in_image.insert(t.source.name);
+    // "tied" is an alias of "base"; "transposed" is not contiguous; the tiny ones are below a page.
+    CHECK(in_file == std::set<std::string>{"base", "bf16", "bool", "c128", "c64", "f16", "f32",
+                                           "f64", "i16", "i32", "i64", "i8", "rows", "u8"});
+    CHECK(in_image == std::set<std::string>{"tiny", "tiny_f16", "transposed"});
 }
 
 TEST_CASE("mapped load: legacy files map nothing and say so") {
