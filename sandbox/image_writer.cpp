@@ -17,6 +17,7 @@
 #include "common/error.hpp"
 #include "ipc/file_mapping.hpp"
 #include "sandbox/output_pages.hpp"
+#include "sandbox/page_advice.hpp"
 
 namespace picklejail::sandbox {
 namespace {
@@ -27,11 +28,6 @@ constexpr std::uint64_t kMaxSendfile = 0x7ffff000;
 constexpr std::uint64_t kMinSendfile = std::uint64_t{256} * 1024;
 // Below this the copy thread saves less than handing it work costs.
 constexpr std::uint64_t kMinParallelCopy = std::uint64_t{32} << 20;
-// The kernel's page size: 4 KiB on x86-64, but 4, 16 or 64 KiB on aarch64
-// (64 KiB kernels are common on Grace hosts), and madvise refuses a range
-// that does not start on one. Read once at start-up, before the filter (glibc
-// keeps it from the auxiliary vector: no system call).
-const std::uint64_t kPage = static_cast<std::uint64_t>(::getpagesize());
 // The unit of work the two threads share out.
 constexpr std::uint64_t kChunk = std::uint64_t{8} << 20;
 
@@ -76,7 +72,8 @@ std::vector<Run> chunked(const std::vector<Run>& runs) {
     for (const Run& run : runs) {
         for (std::uint64_t done = 0; done < run.length;) {
             const std::uint64_t to = run.to + done;
-            const std::uint64_t end = (to + kChunk) / kPage * kPage;  // > to: kChunk > kPage
+            // > to: kChunk is larger than any page.
+            const std::uint64_t end = (to + kChunk) / page_size() * page_size();
             const std::uint64_t length = std::min(end - to, run.length - done);
             chunks.push_back({run.from + done, to, length});
             done += length;
@@ -100,22 +97,13 @@ class ChunkQueue {
     std::atomic<std::size_t> next_{0};
 };
 
-// madvise over the whole pages that hold `bytes`.
-void advise_pages(const std::byte* data, std::uint64_t length, int advice) {
-    const auto address = reinterpret_cast<std::uintptr_t>(data);
-    const std::uintptr_t first = address / kPage * kPage;
-    const std::uintptr_t last = (address + length + kPage - 1) / kPage * kPage;
-    // NOLINTNEXTLINE(performance-no-int-to-ptr): pages of our own mappings
-    (void)::madvise(reinterpret_cast<void*>(first), last - first, advice);
-}
-
 // Unmaps pages of the input or output mapping from this process once they
 // are written or read; the data stays where it is (the memfd, the page
 // cache), since the output is a shared mapping and the input a read-only
 // one. The worker's resident set then holds a chunk at a time, not the
 // image. Never for heap memory, whose pages MADV_DONTNEED would discard.
 void release_mapped(const std::byte* data, std::uint64_t length) {
-    advise_pages(data, length, MADV_DONTNEED);
+    (void)advise_whole_pages(data, length, MADV_DONTNEED);  // only a saving if it fails
 }
 
 // Allocate the chunk's output pages with one call (output_pages.hpp), copy,
@@ -142,24 +130,24 @@ class PopulatedWindow {
   public:
     // `run_starts`: the output offsets where verbatim runs begin, ascending.
     PopulatedWindow(const OutputPages& pages, std::vector<std::uint64_t> run_starts)
-        : pages_(pages), size_(pages.bytes().size()), run_starts_(std::move(run_starts)) {}
+        : pages_(pages), run_starts_(std::move(run_starts)) {}
     void cover(std::uint64_t offset, std::uint64_t length) {
         const std::uint64_t end = offset + length;  // within the output: the layout is checked
         if (end <= populated_end_) return;
         const std::uint64_t from = std::max(offset, populated_end_);
         populated_end_ =
-            std::min({size_, std::max(end, from + kChunk), std::max(end, next_run_start(end))});
+            std::min({size(), std::max(end, from + kChunk), std::max(end, next_run_start(end))});
         pages_.populate(from, populated_end_ - from);
     }
 
   private:
     [[nodiscard]] std::uint64_t next_run_start(std::uint64_t offset) const {
         const auto next = std::lower_bound(run_starts_.begin(), run_starts_.end(), offset);
-        return next == run_starts_.end() ? size_ : *next;
+        return next == run_starts_.end() ? size() : *next;
     }
+    [[nodiscard]] std::uint64_t size() const noexcept { return pages_.bytes().size(); }
 
     const OutputPages& pages_;
-    std::uint64_t size_;
     std::vector<std::uint64_t> run_starts_;
     std::uint64_t populated_end_ = 0;
 };

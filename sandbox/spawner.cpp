@@ -110,9 +110,10 @@ class ChildProcess {
 
 // The worker's whole environment. mimalloc reads it before main:
 // eager commit from the first segment. No MIMALLOC_LARGE_OS_PAGES: transparent
-// huge pages cut a 20,000-tensor job's faults from ~7,900 to ~1,050, but on VMs
-// a fresh 2 MiB page is zeroed (and often backed by the host) at once, and the
-// job's worker took ~145 ms instead of ~97 ms (median, fresh processes).
+// huge pages cut a 20,000-tensor job's faults from ~7,900 to ~1,050, but each
+// fresh 2 MiB page is zeroed whole at once, and on the VM measured (whose
+// balloon reports free memory to the host) the job's worker took ~145 ms
+// instead of ~97 ms (median, fresh processes).
 constexpr std::array<const char*, 2> kWorkerEnvironment = {"MIMALLOC_EAGER_COMMIT_DELAY=0",
                                                            nullptr};
 
